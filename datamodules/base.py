@@ -1,0 +1,66 @@
+"""What every DataModule shares: loader settings and the `data_info` the runner hands to a method."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import ConfigError
+
+
+class BaseDataModule(pl.LightningDataModule):
+    """Loader settings; subclasses build their datasets in `setup` and say what they hold.
+
+    `data_kind` is "single" (a `dataset` spec) or "pair" (`source` and `target` specs); the runner
+    checks it against the data config before anything is loaded.
+    """
+
+    data_kind = "single"
+
+    def __init__(
+        self,
+        image_size: int | None = None,
+        channels: int | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+    ):
+        super().__init__()
+        if channels not in (None, 1, 3):
+            raise ConfigError(f"data.channels={channels} is not supported; choices: 1, 3 (or null for the native count)")
+        if image_size is not None and image_size < 4:
+            raise ConfigError(f"data.image_size={image_size} is too small (>= 4, or null for the native size)")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
+        self.image_size, self.channels = image_size, channels
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+
+    def split_options(self) -> dict:
+        return dict(
+            image_size=self.image_size, channels=self.channels, val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction, split_seed=self.split_seed,
+        )
+
+    def loader(self, dataset: Dataset, train: bool, batch_size: int | None = None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or (self.batch_size if train else self.eval_batch_size),
+            shuffle=train,
+            drop_last=train and len(dataset) > (batch_size or self.batch_size),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    @property
+    def data_info(self) -> dict:
+        """num_classes, in_chans, image_size of the converted data (call after setup)."""
+        raise NotImplementedError

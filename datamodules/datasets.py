@@ -1,0 +1,144 @@
+"""Map-style datasets of `(image, label)` with images converted to what a method asks for.
+
+Two kinds:
+- `TensorImageDataset`: the whole split held as one uint8 tensor (N, C, H, W); conversion to the
+  requested size and channel count happens once, in batches. This is the fast path for every
+  dataset that fits in memory.
+- `ImageFileDataset`: images read from files one by one (imagefolder); the general path.
+
+Both return float images normalised to [-1, 1] (the same for every domain) and int labels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .errors import DataFormatError
+
+# ITU-R BT.601 luma, the weights PIL uses for "L" conversion.
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def to_nchw_uint8(images) -> torch.Tensor:
+    """Accept (N,H,W), (N,H,W,C) or (N,C,H,W) arrays, uint8 or floats in [0, 1]; return NCHW uint8."""
+    x = torch.as_tensor(np.asarray(images))
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    elif x.ndim != 4:
+        raise DataFormatError(f"images must have shape (N,H,W), (N,H,W,C) or (N,C,H,W); got {tuple(x.shape)}")
+    if x.dtype.is_floating_point:
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise DataFormatError("float images must lie in [0, 1]; store uint8 0-255 otherwise")
+        x = (x * 255).round()
+    return x.to(torch.uint8).contiguous()
+
+
+def convert_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """Grayscale <-> RGB on a float (N, C, H, W) batch; None keeps the native channels."""
+    if channels is None or x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    if x.shape[1] == 3 and channels == 1:
+        return (x * _LUMA.to(x).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    raise DataFormatError(f"cannot convert {x.shape[1]}-channel images to {channels} channels (choices: 1, 3)")
+
+
+def resize_batch(x: torch.Tensor, image_size: int | None) -> torch.Tensor:
+    """Resize a float batch to image_size x image_size (antialiased when shrinking)."""
+    if image_size is None or tuple(x.shape[-2:]) == (image_size, image_size):
+        return x
+    return F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def convert_uint8(images: torch.Tensor, image_size: int | None, channels: int | None, chunk: int = 4096) -> torch.Tensor:
+    """Resize and channel-convert a uint8 NCHW tensor in chunks; returns uint8."""
+    out = []
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].float()
+        x = resize_batch(convert_channels(x, channels), image_size)
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    if not out:
+        c = channels or images.shape[1]
+        s = image_size or images.shape[-1]
+        return torch.empty(0, c, s, s, dtype=torch.uint8)
+    return torch.cat(out)
+
+
+def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return x_uint8.float().div(127.5).sub(1.0)
+
+
+class TensorImageDataset(Dataset):
+    """A split held in memory: `images` uint8 (N, C, H, W), `labels` int64 (N,)."""
+
+    def __init__(self, images: torch.Tensor, labels, image_size: int | None = None, channels: int | None = None):
+        self.images = convert_uint8(to_nchw_uint8(images), image_size, channels)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        if len(self.images) != len(self.labels):
+            raise DataFormatError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return normalize(self.images[i]), int(self.labels[i])
+
+    def subset(self, indices) -> "TensorImageDataset":
+        new = object.__new__(TensorImageDataset)
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        new.images, new.labels = self.images[idx], self.labels[idx]
+        return new
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+
+class ImageFileDataset(Dataset):
+    """Images read from files on access: `samples` is a list of (path, label)."""
+
+    def __init__(self, samples: list[tuple[Path, int]], image_size: int | None, channels: int | None):
+        self.samples = list(samples)
+        self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.long)
+        self.image_size, self.channels = image_size, channels
+        first = self._read(self.samples[0][0]) if self.samples else None
+        self.native_channels = None if first is None else first.shape[0]
+
+    def _read(self, path: Path) -> torch.Tensor:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                mode = {1: "L", 3: "RGB"}.get(self.channels) or ("L" if img.mode in ("1", "L", "I", "I;16") else "RGB")
+                arr = np.asarray(img.convert(mode))
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise DataFormatError(f"cannot read image {path}: {err}. Remove or replace the file.") from err
+        return to_nchw_uint8(arr[None])[0]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        x = resize_batch(self._read(path)[None].float(), self.image_size)
+        return x[0].round().clamp(0, 255).div(127.5).sub(1.0), label
+
+    def subset(self, indices) -> "ImageFileDataset":
+        new = object.__new__(ImageFileDataset)
+        new.__dict__.update(self.__dict__)
+        new.samples = [self.samples[i] for i in indices]
+        new.labels = self.labels[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
+        return new
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        x, _ = self[0]
+        return tuple(x.shape)

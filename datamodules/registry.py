@@ -1,0 +1,346 @@
+"""Datasets by name.
+
+A dataset spec is a config node `{name, root, download, ...}`. `load_dataset(spec, ...)` looks the
+name up in `DATASETS`, calls its builder, carves the splits the dataset lacks (stratified and
+seeded), converts images to the requested size and channels, and returns a `Splits`.
+
+A builder takes the spec's options as keyword arguments and returns `RawSplits`: for each split
+it has, either `(images, labels)` arrays (held in memory) or a list of `(path, label)` files.
+Add a dataset with `@register_dataset("name")` (see README, "Adding a dataset").
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import embedded
+from .datasets import ImageFileDataset, TensorImageDataset
+from .errors import ConfigError, DataFormatError, DataNotFoundError
+from .splits import stratified_split
+
+DIGIT_CLASSES = [str(i) for i in range(10)]
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class RawSplits:
+    """What a builder returns: the splits the source defines, and the class names."""
+
+    classes: list[str]
+    splits: dict[str, Any]  # split name ("train", "val", "test" or "all") -> arrays or file list
+
+
+@dataclass
+class Splits:
+    """A dataset ready for a DataModule: train/val/test datasets of (image in [-1, 1], label)."""
+
+    name: str
+    classes: list[str]
+    train: Any
+    val: Any
+    test: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the converted images."""
+        return self.train.shape
+
+
+DATASETS: dict[str, Callable[..., RawSplits]] = {}
+
+
+def register_dataset(name: str):
+    def wrap(builder):
+        DATASETS[name] = builder
+        return builder
+
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedded datasets (no files)
+
+
+@register_dataset("digits")
+def _digits(root=None, download=False) -> RawSplits:
+    images, labels = embedded.digits()
+    return RawSplits(DIGIT_CLASSES, {"all": (images, labels)})
+
+
+@register_dataset("digits_m")
+def _digits_m(root=None, download=False, seed: int = 0) -> RawSplits:
+    images, labels = embedded.digits_m(seed)
+    return RawSplits(DIGIT_CLASSES, {"all": (images, labels)})
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision datasets: real loading code, downloads only when `download: true`
+
+
+def _torchvision(name: str, root, download: bool, make: Callable, expected: str):
+    """Call a torchvision constructor; turn its 'not found' errors into one that says what to do."""
+    root = Path(root if root is not None else "data").expanduser()
+    try:
+        return make(str(root), download)
+    except (RuntimeError, FileNotFoundError, OSError, ValueError) as err:
+        where = root / expected
+        state = "failed torchvision's integrity check (corrupt or partial)" if where.exists() else "is missing"
+        raise DataNotFoundError(
+            f"dataset '{name}': {where} {state} and download is false. Fetch it with "
+            f"download=true (e.g. `python run.py data={name} data.dataset.download=true "
+            f"data.dataset.root={root}`), or place the files there by hand. torchvision said: {err}"
+        ) from err
+
+
+def _tv_arrays(ds, data_attr="data", label_attr="targets"):
+    return np.asarray(getattr(ds, data_attr)), np.asarray(getattr(ds, label_attr), dtype=np.int64)
+
+
+def _train_test(name, root, download, cls, expected, classes, data_attr="data", label_attr="targets", **split_kw):
+    def make(r, d, train):
+        kw = {"train": train} if not split_kw else {split_kw["key"]: split_kw["train" if train else "test"]}
+        return cls(r, download=d, **kw)
+
+    train = _torchvision(name, root, download, lambda r, d: make(r, d, True), expected)
+    test = _torchvision(name, root, download, lambda r, d: make(r, d, False), expected)
+    return RawSplits(
+        classes,
+        {"train": _tv_arrays(train, data_attr, label_attr), "test": _tv_arrays(test, data_attr, label_attr)},
+    )
+
+
+@register_dataset("mnist")
+def _mnist(root=None, download=False) -> RawSplits:
+    from torchvision.datasets import MNIST
+
+    return _train_test("mnist", root, download, MNIST, "MNIST/raw", DIGIT_CLASSES)
+
+
+@register_dataset("fashion_mnist")
+def _fashion_mnist(root=None, download=False) -> RawSplits:
+    from torchvision.datasets import FashionMNIST
+
+    return _train_test("fashion_mnist", root, download, FashionMNIST, "FashionMNIST/raw", list(FashionMNIST.classes))
+
+
+@register_dataset("usps")
+def _usps(root=None, download=False) -> RawSplits:
+    from torchvision.datasets import USPS
+
+    return _train_test("usps", root, download, USPS, "usps.bz2", DIGIT_CLASSES)
+
+
+@register_dataset("svhn")
+def _svhn(root=None, download=False) -> RawSplits:
+    from torchvision.datasets import SVHN
+
+    return _train_test(
+        "svhn", root, download, SVHN, "train_32x32.mat", DIGIT_CLASSES,
+        label_attr="labels", key="split", train="train", test="test",
+    )
+
+
+@register_dataset("cifar10")
+def _cifar10(root=None, download=False) -> RawSplits:
+    from torchvision.datasets import CIFAR10
+
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    return _train_test("cifar10", root, download, CIFAR10, "cifar-10-batches-py", classes)
+
+
+@register_dataset("cifar100")
+def _cifar100(root=None, download=False) -> RawSplits:
+    from torchvision.datasets import CIFAR100
+
+    raw = _train_test("cifar100", root, download, CIFAR100, "cifar-100-python", [str(i) for i in range(100)])
+    return raw
+
+
+@register_dataset("stl10")
+def _stl10(root=None, download=False) -> RawSplits:
+    from torchvision.datasets import STL10
+
+    classes = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+    raw = _train_test(
+        "stl10", root, download, STL10, "stl10_binary", classes,
+        label_attr="labels", key="split", train="train", test="test",
+    )
+    return raw
+
+
+@register_dataset("mnist_m")
+def _mnist_m(root=None, download=False, seed: int = 0) -> RawSplits:
+    """MNIST blended with photograph patches (Ganin et al. 2016), see `embedded.blend_with_photos`."""
+    raw = _mnist(root, download)
+    splits = {}
+    for offset, (split, (images, labels)) in enumerate(raw.splits.items()):
+        digits = torch.as_tensor(images).unsqueeze(1)
+        splits[split] = (embedded.blend_with_photos(digits, seed + offset), labels)
+    return RawSplits(DIGIT_CLASSES, splits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local datasets
+
+
+def _npz_arrays(path) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(f"npz file {path.resolve()} does not exist (option data.dataset.path / train_path / test_path)")
+    try:
+        with np.load(path) as z:
+            missing = {"images", "labels"} - set(z.files)
+            if missing:
+                raise DataFormatError(f"{path} lacks arrays {sorted(missing)}; it has {sorted(z.files)} (needs 'images' and 'labels')")
+            return z["images"], z["labels"].astype(np.int64)
+    except (OSError, ValueError) as err:
+        if isinstance(err, DataFormatError):
+            raise
+        raise DataFormatError(f"{path} is not a readable .npz archive: {err}") from err
+
+
+@register_dataset("npz")
+def _npz(root=None, download=False, path=None, train_path=None, test_path=None) -> RawSplits:
+    if path is not None and (train_path or test_path):
+        raise ConfigError("npz dataset: give either `path` (auto-split) or `train_path` + `test_path`, not both")
+    if path is not None:
+        splits = {"all": _npz_arrays(path)}
+    elif train_path and test_path:
+        splits = {"train": _npz_arrays(train_path), "test": _npz_arrays(test_path)}
+    else:
+        raise ConfigError("npz dataset needs data.dataset.path=FILE.npz, or data.dataset.train_path and data.dataset.test_path")
+    labels = np.concatenate([lab for _, lab in splits.values()])
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+    return RawSplits([str(i) for i in range(num_classes)], splits)
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _scan_classes(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    found = [p.name for p in _class_folders(folder)]
+    if not found:
+        loose = _image_files(folder)
+        hint = f" ({len(loose)} image files lie directly in it)" if loose else ""
+        raise DataFormatError(f"image folder {folder} has no class subfolders{hint}; expected {folder}/<class>/<image>")
+    if classes is not None and found != classes:
+        raise DataFormatError(f"image folder {folder} has classes {found}, but the train split has {classes}")
+    classes = found
+    samples, empty = [], []
+    for label, name in enumerate(classes):
+        files = _image_files(folder / name)
+        if not files:
+            empty.append(name)
+        samples += [(f, label) for f in files]
+    if empty:
+        raise DataFormatError(
+            f"image folder {folder}: class folders {empty} contain no images "
+            f"(extensions {sorted(IMAGE_EXTENSIONS)})"
+        )
+    return classes, samples
+
+
+@register_dataset("imagefolder")
+def _imagefolder(root=None, download=False) -> RawSplits:
+    if root is None:
+        raise ConfigError("imagefolder needs data.dataset.root=DIR (DIR/<class>/* or DIR/{train,val,test}/<class>/*)")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataNotFoundError(f"image folder {root.resolve()} does not exist (option data.dataset.root)")
+    if (root / "train").is_dir() and ((root / "test").is_dir() or (root / "val").is_dir()):
+        classes, train = _scan_classes(root / "train")
+        splits = {"train": train}
+        for split in ("val", "test"):
+            if (root / split).is_dir():
+                splits[split] = _scan_classes(root / split, classes)[1]
+        return RawSplits(classes, splits)
+    classes, samples = _scan_classes(root)
+    return RawSplits(classes, {"all": samples})
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _call_builder(name: str, builder: Callable, options: dict, where: str) -> RawSplits:
+    accepted = [p for p in inspect.signature(builder).parameters]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"{where}: dataset '{name}' has no option(s) {unknown}; its options are {accepted}")
+    return builder(**options)
+
+
+def _as_dataset(part, image_size, channels):
+    if isinstance(part, list):
+        return ImageFileDataset(part, image_size, channels)
+    images, labels = part
+    return TensorImageDataset(images, labels, image_size, channels)
+
+
+def _labels_of(part) -> np.ndarray:
+    if isinstance(part, list):
+        return np.array([label for _, label in part])
+    return np.asarray(part[1])
+
+
+def _take(part, idx):
+    if isinstance(part, list):
+        return [part[i] for i in idx]
+    images, labels = part
+    return images[idx], np.asarray(labels)[idx]
+
+
+def carve_splits(raw: RawSplits, val_fraction: float, test_fraction: float, split_seed: int) -> dict[str, Any]:
+    """Fill in missing val/test splits by stratified seeded splitting."""
+    parts = dict(raw.splits)
+    if "all" in parts:
+        everything = parts.pop("all")
+        idx = stratified_split(_labels_of(everything), {"test": test_fraction, "val": val_fraction}, split_seed)
+        return {"train": _take(everything, idx["rest"]), "val": _take(everything, idx["val"]), "test": _take(everything, idx["test"])}
+    if "val" not in parts:
+        train = parts["train"]
+        idx = stratified_split(_labels_of(train), {"val": val_fraction}, split_seed)
+        parts["train"], parts["val"] = _take(train, idx["rest"]), _take(train, idx["val"])
+    if "test" not in parts:
+        parts["test"] = parts["val"]
+    return parts
+
+
+def load_dataset(
+    spec: dict,
+    image_size: int | None = None,
+    channels: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    where: str = "data.dataset",
+) -> Splits:
+    """Build the named dataset of `spec` and return its converted train/val/test splits."""
+    options = dict(spec)
+    name = options.pop("name", None)
+    if name not in DATASETS:
+        raise ConfigError(f"{where}.name={name!r} is not a registered dataset; choices: {sorted(DATASETS)}")
+    raw = _call_builder(name, DATASETS[name], options, where)
+    parts = carve_splits(raw, val_fraction, test_fraction, split_seed)
+    datasets = {split: _as_dataset(parts[split], image_size, channels) for split in SPLIT_NAMES}
+    if len(datasets["train"]) == 0:
+        raise DataFormatError(f"{where} ({name}): the train split is empty")
+    labels = datasets["train"].labels
+    if int(labels.min()) < 0 or int(labels.max()) >= len(raw.classes):
+        raise DataFormatError(f"{where} ({name}): labels must lie in [0, {len(raw.classes) - 1}]")
+    return Splits(name, raw.classes, datasets["train"], datasets["val"], datasets["test"])

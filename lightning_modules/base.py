@@ -1,0 +1,66 @@
+"""The thin base every method shares: optimizer/scheduler from config partials, a finite-loss guard,
+and classification metrics for methods whose headline is `*/acc`."""
+from __future__ import annotations
+
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class BaseMethod(pl.LightningModule):
+    """`optimizer` and `scheduler` are `functools.partial`s built by Hydra (`_partial_: true`)."""
+
+    def __init__(self, optimizer: Callable, scheduler: Callable | None = None, scheduler_interval: str = "epoch"):
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+
+    def parameter_groups(self):
+        """What the optimizer trains; methods with frozen parts or per-part learning rates override."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def check_finite(self, loss: torch.Tensor, name: str = "train/loss") -> torch.Tensor:
+        """Stop at once, naming the step, instead of training on NaN/inf."""
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(
+                f"{name} is {loss.detach().float().item()} at epoch {self.current_epoch}, global step "
+                f"{self.global_step}; lower the learning rate, use amp=fp32, or enable gradient clipping "
+                f"(trainer.gradient_clip_val)"
+            )
+        return loss
+
+
+class ClassificationMetrics(torch.nn.Module):
+    """Accuracy per stage with torchmetrics, so it is exact under DDP (states are summed)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.acc = torch.nn.ModuleDict(
+            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
+        )
+
+    def log_step(self, module: pl.LightningModule, stage: str, logits: torch.Tensor, y: torch.Tensor,
+                 prefix: str = "") -> torch.Tensor:
+        loss = F.cross_entropy(logits.float(), y)
+        metric = self.acc[f"{stage}_acc"]
+        metric(logits.detach(), y)
+        on_step = stage == "train"
+        module.log(f"{stage}/{prefix}loss", loss, on_step=on_step, on_epoch=True, sync_dist=not on_step,
+                   prog_bar=stage != "test", batch_size=len(y))
+        module.log(f"{stage}/{prefix}acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss

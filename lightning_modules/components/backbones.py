@@ -1,0 +1,157 @@
+"""One backbone factory on timm, and the small digit/CIFAR networks registered into timm's registry.
+
+`create_backbone(name=...)` returns a feature extractor (`num_classes=0`) with `.num_features`.
+Any timm name works; `pretrained: true` loads timm's weights (needs a network), `pretrained_file`
+loads a local file through timm's `pretrained_cfg_overlay=dict(file=...)`, and `checkpoint`
+loads this project's `encoder.pt` or a Lightning `.ckpt` (see `encoder_io`).
+
+Registered here:
+- `lenet`: the LeNet variant of the ADDA paper (Tzeng et al. 2017) for 28x28 digits:
+  conv 20@5x5 - maxpool - ReLU - conv 50@5x5 - dropout - maxpool - ReLU - fc 500 - ReLU.
+- `small_cnn`: three conv-BN-ReLU blocks (32, 64, 128 channels) with global pooling, for 8-32 px.
+- `resnet18_cifar`: ResNet-18 with the CIFAR stem (3x3 stride-1 first conv, no max-pool), as in
+  He et al. (2016, Sec. 4.2) and SimCLR's CIFAR experiments.
+"""
+from __future__ import annotations
+
+import difflib
+
+import timm
+import torch
+from torch import nn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.resnet import BasicBlock, ResNet
+
+from datamodules.errors import ConfigError
+
+from .encoder_io import load_backbone_weights
+
+
+class _FeatureNet(nn.Module):
+    """timm-style small net: `forward_features` -> pooled features -> `head` (Identity if num_classes=0)."""
+
+    def __init__(self, num_features: int, num_classes: int, drop_rate: float):
+        super().__init__()
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self.drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(num_features, num_classes) if num_classes else nn.Identity()
+
+    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.head(self.drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class LeNet(_FeatureNet):
+    def __init__(self, in_chans: int = 1, num_classes: int = 10, drop_rate: float = 0.5, **_):
+        super().__init__(500, num_classes, 0.0)
+        self.stages = nn.Sequential(
+            nn.Sequential(nn.Conv2d(in_chans, 20, 5), nn.MaxPool2d(2), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(20, 50, 5), nn.Dropout2d(drop_rate), nn.MaxPool2d(2), nn.ReLU()),
+        )
+        # 28x28 inputs give 4x4 maps here; other sizes are pooled to 4x4 so fc keeps its shape.
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(50 * 4 * 4, 500), nn.ReLU(), nn.Dropout(drop_rate))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.stages(x)))
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SmallCNN(_FeatureNet):
+    def __init__(self, in_chans: int = 3, num_classes: int = 10, widths=(32, 64, 128), drop_rate: float = 0.0, **_):
+        super().__init__(widths[-1], num_classes, drop_rate)
+        stages, cin = [], in_chans
+        for i, width in enumerate(widths):
+            pool = [nn.MaxPool2d(2)] if i < len(widths) - 1 else []
+            stages.append(nn.Sequential(_conv_bn_relu(cin, width), _conv_bn_relu(width, width), *pool))
+            cin = width
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.stages(x))
+
+
+class ResNetCifar(ResNet):
+    """timm ResNet with a 3x3 stride-1 stem and no max-pool, for 32x32 inputs."""
+
+    def __init__(self, in_chans: int = 3, **kwargs):
+        super().__init__(block=BasicBlock, layers=(2, 2, 2, 2), in_chans=in_chans, **kwargs)
+        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.maxpool = nn.Identity()
+
+
+def _cfg(**kwargs) -> dict:
+    # No url: these nets have no published weights; a local file can still be given with
+    # pretrained_cfg_overlay=dict(file=...).
+    return {"url": "", "num_classes": 10, "input_size": (3, 32, 32), "classifier": "head", **kwargs}
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "lenet.untrained": _cfg(input_size=(1, 28, 28), first_conv="stages.0.0"),
+        "small_cnn.untrained": _cfg(first_conv="stages.0.0.0"),
+        "resnet18_cifar.untrained": _cfg(first_conv="conv1", classifier="fc"),
+    }
+)
+
+
+@register_model
+def lenet(pretrained: bool = False, **kwargs) -> LeNet:
+    return build_model_with_cfg(LeNet, "lenet", pretrained, **kwargs)
+
+
+@register_model
+def small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
+    return build_model_with_cfg(SmallCNN, "small_cnn", pretrained, **kwargs)
+
+
+@register_model
+def resnet18_cifar(pretrained: bool = False, **kwargs) -> ResNetCifar:
+    return build_model_with_cfg(ResNetCifar, "resnet18_cifar", pretrained, **kwargs)
+
+
+def check_backbone_name(name: str, option: str = "model.backbone.name") -> None:
+    if timm.is_model(name):
+        return
+    ours = ["lenet", "small_cnn", "resnet18_cifar"]
+    close = difflib.get_close_matches(name, timm.list_models(), n=5)
+    raise ConfigError(f"{option}={name!r} is not a timm model; ours: {ours}; close timm names: {close}")
+
+
+def create_backbone(
+    name: str,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    checkpoint: str | None = None,
+    **kwargs,
+) -> nn.Module:
+    """A timm feature extractor: forward(x) -> (N, num_features)."""
+    check_backbone_name(name)
+    overlay = {"file": str(pretrained_file)} if pretrained_file else None
+    model = timm.create_model(
+        name,
+        pretrained=bool(pretrained or pretrained_file),
+        pretrained_cfg_overlay=overlay,
+        num_classes=0,
+        in_chans=in_chans,
+        **kwargs,
+    )
+    model.backbone_spec = {"name": name, "in_chans": in_chans, **kwargs}
+    if checkpoint:
+        load_backbone_weights(model, checkpoint)
+    return model

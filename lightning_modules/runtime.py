@@ -1,0 +1,72 @@
+"""Run bookkeeping shared by every method: results.json, versions, git commit, metrics table."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+RESULTS_FILE = "results.json"
+
+
+def write_json_atomic(path: Path, payload: dict) -> Path:
+    """Write to a temporary file and rename, so a reader never sees half a results file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("transferlab", "torch", "torchvision", "pytorch-lightning", "timm", "hydra-core",
+                 "omegaconf", "torchmetrics", "numpy", "scikit-learn"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if sha.returncode != 0:
+        return None
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def machine() -> dict[str, str]:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"host": socket.gethostname(), "platform": platform.platform(), "cpus": str(os.cpu_count()), "gpu": str(gpu)}
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return dict(sorted(out.items()))
+
+
+def metrics_table(metrics: dict[str, float]) -> str:
+    if not metrics:
+        return "(no metrics)"
+    width = max(len(k) for k in metrics)
+    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  --------"]
+    lines += [f"{k.ljust(width)}  {v:.4f}" for k, v in metrics.items()]
+    return "\n".join(lines)
