@@ -154,7 +154,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
 
     if trainer.is_global_zero:
         if hasattr(module, "backbone"):
-            save_encoder(module.backbone, output_dir() / "encoder.pt", datamodule.data_info)
+            save_encoder(module.backbone, output_dir() / "encoder.pt", datamodule.data_info,
+                         head=getattr(module, "classifier", None))
         status = "interrupted" if trainer.interrupted else "completed"
         write_json_atomic(output_dir() / RESULTS_FILE, results_payload(cfg, status, metrics, started))
         print(f"\n{metrics_table(metrics)}\n\nrun dir: {output_dir()}")

@@ -26,7 +26,8 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 def to_nchw_uint8(images) -> torch.Tensor:
     """Accept (N,H,W), (N,H,W,C) or (N,C,H,W) arrays, uint8 or floats in [0, 1]; return NCHW uint8."""
-    x = torch.as_tensor(np.asarray(images))
+    array = np.asarray(images)
+    x = torch.as_tensor(array if array.flags.writeable else array.copy())
     if x.ndim == 3:
         x = x.unsqueeze(1)
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):

@@ -6,7 +6,7 @@
 - `digits_m`: the same digits blended with colour photographs the way Ganin et al. (2016,
   Sec. 5.1) built MNIST-M: out = |patch - digit| per channel, with the patch a random 28x28 crop
   of a photograph. Ganin used BSDS500 photographs; here they are the natural photographs
-  scikit-image ships (astronaut, coffee, chelsea, rocket, motorcycle, hubble), so nothing is
+  scikit-image ships (astronaut, coffee, chelsea, rocket, hubble), so nothing is
   downloaded. The crop choice is seeded, so the dataset is deterministic given its seed.
 - `blend_with_photos` applies the same construction to any grey digit tensor (used by `mnist_m`).
 """
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field")
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field")
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,16 +1,22 @@
 """Domain pairs: labeled source `(xs, ys)` and unlabeled target `xt` with the same classes.
 
-Training batches are `{"source": (xs, ys), "target": xt}`; the target's labels never reach a
-training batch. They are used only by the evaluation loaders: `val_dataloader` and
-`test_dataloader` return `[target, source]` loaders of `(x, y)` (dataloader_idx 0 = target).
+Training batches are `{"source": (xs, ys), "target": xt}` drawn from two endless iterators (each
+domain reshuffles when it runs out), `steps_per_epoch` of them per epoch, so training length is a
+number of steps and methods can follow the progress p = step / total in [0, 1]. The target's
+labels never reach a training batch (only `train_target_labels=true`, the target-oracle baseline,
+asks for them). They are used by the evaluation loaders: `val_dataloader` and `test_dataloader`
+return `[target, source]` loaders of `(x, y)` (dataloader_idx 0 = target).
+
+A domain spec may carry `train_size: N`: a seeded random subset of N training images (the ADDA
+protocol: 2,000 MNIST and 1,800 USPS images).
 """
 from __future__ import annotations
 
-from pytorch_lightning.utilities import CombinedLoader
-from torch.utils.data import Dataset
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .base import BaseDataModule
-from .errors import DataFormatError
+from .errors import ConfigError, DataFormatError
 from .registry import Splits, load_dataset
 
 
@@ -25,6 +31,48 @@ class ImagesOnly(Dataset):
 
     def __getitem__(self, i):
         return self.dataset[i][0]
+
+
+def subsample(dataset: Dataset, size: int | None, seed: int, where: str) -> Dataset:
+    """A seeded random subset of `size` examples (all of them when size is None)."""
+    if size is None:
+        return dataset
+    if not 1 <= size <= len(dataset):
+        raise ConfigError(f"{where}.train_size={size} must lie in [1, {len(dataset)}] (the train split's size)")
+    idx = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:size])
+    return dataset.subset(idx) if hasattr(dataset, "subset") else Subset(dataset, idx.tolist())
+
+
+def endless(loader: DataLoader):
+    """Batches of `loader` forever; a DistributedSampler gets a new epoch (new shuffle) each pass."""
+    passes = 0
+    while True:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(passes)
+        yield from loader
+        passes += 1
+
+
+class EndlessPairLoader:
+    """`steps` batches `{"source": next(source), "target": next(target)}` per epoch.
+
+    The two iterators live across epochs, so neither domain restarts early and no batch is lost
+    when the domains have different sizes.
+    """
+
+    def __init__(self, source: DataLoader, target: DataLoader, steps: int):
+        self.source, self.target, self.steps = source, target, steps
+        self._iterators = None
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        if self._iterators is None:
+            self._iterators = endless(self.source), endless(self.target)
+        source, target = self._iterators
+        for _ in range(self.steps):
+            yield {"source": next(source), "target": next(target)}
 
 
 def check_pair(source: Splits, target: Splits, channels: int | None, image_size: int | None) -> None:
@@ -50,16 +98,28 @@ def check_pair(source: Splits, target: Splits, channels: int | None, image_size:
 class PairDataModule(BaseDataModule):
     data_kind = "pair"
 
-    def __init__(self, source: dict, target: dict, **loader_options):
+    def __init__(self, source: dict, target: dict, steps_per_epoch: int | None = None,
+                 train_target_labels: bool = False, **loader_options):
         super().__init__(**loader_options)
         self.source_spec, self.target_spec = dict(source), dict(target)
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ConfigError(f"data.steps_per_epoch={steps_per_epoch} must be >= 1 (or null: the larger domain's batches)")
+        self.steps_per_epoch = steps_per_epoch
+        self.train_target_labels = train_target_labels
         self.source: Splits | None = None
         self.target: Splits | None = None
 
+    def _load(self, spec: dict, where: str) -> Splits:
+        spec = dict(spec)
+        train_size = spec.pop("train_size", None)
+        splits = load_dataset(spec, where=where, **self.split_options())
+        splits.train = subsample(splits.train, train_size, self.split_seed, where)
+        return splits
+
     def setup(self, stage: str | None = None) -> None:
         if self.source is None:
-            self.source = load_dataset(self.source_spec, where="data.source", **self.split_options())
-            self.target = load_dataset(self.target_spec, where="data.target", **self.split_options())
+            self.source = self._load(self.source_spec, "data.source")
+            self.target = self._load(self.target_spec, "data.target")
             check_pair(self.source, self.target, self.channels, self.image_size)
 
     @property
@@ -67,12 +127,30 @@ class PairDataModule(BaseDataModule):
         channels, height, _ = self.source.shape
         return {"num_classes": self.source.num_classes, "in_chans": channels, "image_size": height}
 
+    def _endless_loader(self, dataset: Dataset) -> DataLoader:
+        """A shuffling loader; under DDP each process reads its own shard (DistributedSampler)."""
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        if world == 1:
+            return self.loader(dataset, train=True)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=True,
+                                     seed=self.split_seed, drop_last=len(dataset) >= world)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
+                          drop_last=len(dataset) // world > self.batch_size)
+
+    def train_steps_per_epoch(self, world_size: int = 1) -> int:
+        """`steps_per_epoch`, or the batches of the larger domain (per process under DDP)."""
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
+        largest = max(len(self.source.train), len(self.target.train)) // max(world_size, 1)
+        return max(1, largest // self.batch_size)
+
     def train_dataloader(self):
-        loaders = {
-            "source": self.loader(self.source.train, train=True),
-            "target": self.loader(ImagesOnly(self.target.train), train=True),
-        }
-        return CombinedLoader(loaders, mode="max_size_cycle")
+        target = self.target.train if self.train_target_labels else ImagesOnly(self.target.train)
+        trainer = getattr(self, "trainer", None)
+        steps = self.train_steps_per_epoch(trainer.world_size if trainer is not None else 1)
+        return EndlessPairLoader(self._endless_loader(self.source.train), self._endless_loader(target), steps)
 
     def val_dataloader(self):
         return [self.loader(self.target.val, train=False), self.loader(self.source.val, train=False)]

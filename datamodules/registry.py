@@ -115,7 +115,7 @@ def _train_test(name, root, download, cls, expected, classes, data_attr="data", 
     train = _torchvision(name, root, download, lambda r, d: make(r, d, True), expected)
     test = _torchvision(name, root, download, lambda r, d: make(r, d, False), expected)
     return RawSplits(
-        classes,
+        classes or list(train.classes),  # None: the names torchvision read from the dataset's meta file
         {"train": _tv_arrays(train, data_attr, label_attr), "test": _tv_arrays(test, data_attr, label_attr)},
     )
 
@@ -131,7 +131,7 @@ def _mnist(root=None, download=False) -> RawSplits:
 def _fashion_mnist(root=None, download=False) -> RawSplits:
     from torchvision.datasets import FashionMNIST
 
-    return _train_test("fashion_mnist", root, download, FashionMNIST, "FashionMNIST/raw", list(FashionMNIST.classes))
+    return _train_test("fashion_mnist", root, download, FashionMNIST, "FashionMNIST/raw", None)
 
 
 @register_dataset("usps")
@@ -155,28 +155,26 @@ def _svhn(root=None, download=False) -> RawSplits:
 def _cifar10(root=None, download=False) -> RawSplits:
     from torchvision.datasets import CIFAR10
 
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    return _train_test("cifar10", root, download, CIFAR10, "cifar-10-batches-py", classes)
+    return _train_test("cifar10", root, download, CIFAR10, "cifar-10-batches-py", None)
 
 
 @register_dataset("cifar100")
 def _cifar100(root=None, download=False) -> RawSplits:
     from torchvision.datasets import CIFAR100
 
-    raw = _train_test("cifar100", root, download, CIFAR100, "cifar-100-python", [str(i) for i in range(100)])
-    return raw
+    return _train_test("cifar100", root, download, CIFAR100, "cifar-100-python", None)
 
 
 @register_dataset("stl10")
 def _stl10(root=None, download=False) -> RawSplits:
     from torchvision.datasets import STL10
 
+    # STL-10's class_names.txt is optional in torchvision; these are its names, in label order.
     classes = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
-    raw = _train_test(
+    return _train_test(
         "stl10", root, download, STL10, "stl10_binary", classes,
         label_attr="labels", key="split", train="train", test="test",
     )
-    return raw
 
 
 @register_dataset("mnist_m")

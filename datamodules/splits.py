@@ -4,25 +4,42 @@ from __future__ import annotations
 import numpy as np
 
 
+def _per_class_counts(class_sizes: np.ndarray, share: float) -> np.ndarray:
+    """Counts per class summing to round(share * total): floors first, then the largest remainders."""
+    exact = share * class_sizes
+    counts = np.floor(exact).astype(int)
+    missing = int(round(share * class_sizes.sum())) - counts.sum()
+    order = np.argsort(-(exact - counts), kind="stable")
+    for cls in order[: max(0, missing)]:
+        counts[cls] += 1
+    return np.minimum(counts, class_sizes)
+
+
 def stratified_split(labels, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
     """Split indices class by class so every part keeps the class proportions.
 
-    `fractions` maps a part name to its share; the remainder goes to the part named "rest".
-    Each class contributes round(share * count) examples to each part, so tiny classes may give
-    none. The same labels and seed always give the same split.
+    `fractions` maps a part name to its share of the whole; the remainder goes to the part named
+    "rest". Part sizes are round(share * N) overall, spread over classes by largest remainder, so
+    small datasets still get every part. The same labels and seed always give the same split.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in [*fractions, "rest"]}
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        start = 0
-        for name, share in fractions.items():
-            count = int(round(share * len(idx)))
-            parts[name].append(idx[start : start + count])
-            start += count
-        parts["rest"].append(idx[start:])
-    return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+    classes = np.unique(labels)
+    shuffled = [rng.permutation(np.flatnonzero(labels == cls)) for cls in classes]
+    remaining = np.array([len(idx) for idx in shuffled])
+    starts = np.zeros(len(classes), dtype=int)
+    parts: dict[str, np.ndarray] = {}
+    total = len(labels)
+    for name, share in fractions.items():
+        # share of the whole, expressed relative to what is left in each class
+        left = remaining.sum()
+        rel = 0.0 if left == 0 else min(1.0, share * total / left)
+        counts = _per_class_counts(remaining, rel)
+        parts[name] = np.concatenate([idx[s : s + c] for idx, s, c in zip(shuffled, starts, counts)] or [np.array([], int)])
+        starts += counts
+        remaining -= counts
+    parts["rest"] = np.concatenate([idx[s:] for idx, s in zip(shuffled, starts)] or [np.array([], int)])
+    return {name: np.sort(idx.astype(int)) for name, idx in parts.items()}
 
 
 def class_balanced_subset(labels, per_class_total: int, seed: int) -> np.ndarray:

@@ -47,3 +47,35 @@ def read_results(run_dir: Path) -> dict:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+CONF_DIR = ROOT / "conf"
+
+
+def compose(*overrides: str, run_dir: Path | None = None):
+    """Compose conf/config.yaml like `python run.py OVERRIDES` does, with HydraConfig set so
+    `${hydra:...}` resolves; the run dir is `run_dir`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir or ROOT / "outputs" / "test")
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+def train_in_process(*overrides: str, run_dir: Path):
+    """run.py's train() on a composed config, in this process (fast smoke fits)."""
+    import run
+
+    cfg = compose(*overrides, run_dir=run_dir)
+    return run.train(cfg)

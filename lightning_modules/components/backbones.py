@@ -24,7 +24,9 @@ from timm.models.resnet import BasicBlock, ResNet
 
 from datamodules.errors import ConfigError
 
-from .encoder_io import load_backbone_weights
+from .encoder_io import (
+    check_pretrained_file_fits, load_backbone_weights, pretrained_file_errors, pretrained_overlay,
+)
 
 
 class _FeatureNet(nn.Module):
@@ -43,6 +45,10 @@ class _FeatureNet(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.head
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's stage grouping (used by fine-tuning): each `stages.i`, then the layers after them."""
+        return {"stem": r"^stages\.0\.", "blocks": [(r"^stages\.(\d+)\.", None), (r"^(?:fc|pool|drop)\.", (99998,))]}
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return x if pre_logits else self.head(self.drop(x))
@@ -142,15 +148,17 @@ def create_backbone(
 ) -> nn.Module:
     """A timm feature extractor: forward(x) -> (N, num_features)."""
     check_backbone_name(name)
-    overlay = {"file": str(pretrained_file)} if pretrained_file else None
-    model = timm.create_model(
-        name,
-        pretrained=bool(pretrained or pretrained_file),
-        pretrained_cfg_overlay=overlay,
-        num_classes=0,
-        in_chans=in_chans,
-        **kwargs,
-    )
+    overlay = pretrained_overlay(pretrained_file)
+    with pretrained_file_errors(pretrained_file):
+        model = timm.create_model(
+            name,
+            pretrained=bool(pretrained or pretrained_file),
+            pretrained_cfg_overlay=overlay,
+            num_classes=0,
+            in_chans=in_chans,
+            **kwargs,
+        )
+        check_pretrained_file_fits(model, pretrained_file)
     model.backbone_spec = {"name": name, "in_chans": in_chans, **kwargs}
     if checkpoint:
         load_backbone_weights(model, checkpoint)

@@ -1,11 +1,21 @@
 """Encoder hand-off between runs: `encoder.pt` out, `model.backbone.checkpoint=PATH` in.
 
 `encoder.pt` holds `{"format": "transferlab-encoder", "name": timm name, "spec": backbone
-options (in_chans, ...), "input": {"channels", "image_size"}, "state_dict": backbone weights}`.
-A Lightning `.ckpt` of this project is accepted too: its weights under `backbone.` are taken.
+options (in_chans, ...), "input": {"num_classes", "in_chans", "image_size"}, "state_dict":
+backbone weights}` and, when the run trained a classifier on top, `"head": {"weight", "bias"}`
+(so a whole classifier, e.g. a distillation teacher, can be rebuilt from it).
+A Lightning `.ckpt` of this project is accepted too: its weights under `backbone.` (and
+`classifier.`) are taken, and the backbone name comes from its saved hyper-parameters.
+
+Every file is read with `torch.load(weights_only=True)`. A project `.ckpt` also pickles the
+optimizer/scheduler settings (Hydra partials of `torch.optim` classes); exactly those globals
+are allow-listed, anything else is refused.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -14,9 +24,15 @@ from torch import nn
 from datamodules.errors import ConfigError
 
 ENCODER_FORMAT = "transferlab-encoder"
+# Module prefixes of the only non-tensor globals a project .ckpt may contain (its optimizer and
+# scheduler partials); see `load_checkpoint_file`.
+_CONFIG_GLOBAL_PREFIXES = ("torch.optim.", "hydra._internal.target_policy.", "functools.partial")
+# Backbone options of a .ckpt's hyper-parameters that are load-time switches, not architecture.
+_LOAD_OPTIONS = ("name", "pretrained", "pretrained_file", "checkpoint")
 
 
-def save_encoder(backbone: nn.Module, path, input_spec: dict | None = None) -> Path:
+def save_encoder(backbone: nn.Module, path, input_spec: dict | None = None, head: nn.Module | None = None) -> Path:
+    """Write `encoder.pt` atomically; `head` (an `nn.Linear` on the features) is stored when given."""
     spec = dict(getattr(backbone, "backbone_spec", {}))
     payload = {
         "format": ENCODER_FORMAT,
@@ -25,6 +41,8 @@ def save_encoder(backbone: nn.Module, path, input_spec: dict | None = None) -> P
         "input": dict(input_spec or {}),
         "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
     }
+    if isinstance(head, nn.Linear):
+        payload["head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
@@ -32,37 +50,79 @@ def save_encoder(backbone: nn.Module, path, input_spec: dict | None = None) -> P
     return path
 
 
-def read_backbone_state(path) -> tuple[dict, dict]:
-    """(state_dict, meta) from encoder.pt, a Lightning .ckpt, or a bare state dict."""
+def _import(qualified: str):
+    module, _, attr = qualified.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_checkpoint_file(path, option: str = "model.backbone.checkpoint"):
+    """`torch.load(path, weights_only=True)`, allowing only a project .ckpt's optimizer settings.
+
+    Missing, unreadable or foreign files raise a `ConfigError` that names `option` and the path.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"model.backbone.checkpoint={path}: no such file")
+        raise ConfigError(f"{option}={path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated zip archives, wrong file types
-        raise ConfigError(f"model.backbone.checkpoint={path}: cannot be read as a torch checkpoint ({err})") from err
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:
+            unsafe = None
+        if not unsafe or not all(name.startswith(_CONFIG_GLOBAL_PREFIXES) for name in unsafe):
+            raise ConfigError(
+                f"{option}={path}: not loadable with weights_only=True ({str(err).splitlines()[-1][:300]}); "
+                f"expected an encoder.pt, a Lightning .ckpt of this project or a state dict"
+            ) from err
+        try:
+            with torch.serialization.safe_globals([_import(name) for name in unsafe]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err2:
+            raise ConfigError(f"{option}={path}: cannot be read as a torch checkpoint ({err2})") from err2
+    except Exception as err:  # truncated zip archives, wrong file types
+        raise ConfigError(f"{option}={path}: cannot be read as a torch checkpoint ({err})") from err
+
+
+def _prefixed(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_checkpoint(path, option: str = "model.backbone.checkpoint") -> dict:
+    """Everything a checkpoint says about a backbone (and classifier head) in one form.
+
+    Returns `{"state_dict": backbone weights, "head": head weights or None, "name": timm name or
+    None, "spec": architecture options (in_chans, widths, ...), "input": data it was trained on}`.
+    """
+    obj = load_checkpoint_file(path, option)
     if isinstance(obj, dict) and obj.get("format") == ENCODER_FORMAT:
-        return obj["state_dict"], {"name": obj.get("name"), **obj.get("spec", {})}
-    if isinstance(obj, dict) and "state_dict" in obj:  # Lightning checkpoint
-        prefix = "backbone."
-        state = {k[len(prefix):]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
+        return {"state_dict": obj["state_dict"], "head": obj.get("head"), "name": obj.get("name"),
+                "spec": dict(obj.get("spec", {})), "input": dict(obj.get("input", {}))}
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # Lightning checkpoint
+        state = _prefixed(obj["state_dict"], "backbone.")
         if not state:
-            raise ConfigError(f"model.backbone.checkpoint={path}: Lightning checkpoint has no 'backbone.*' weights")
-        return state, {}
-    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj, {}
-    raise ConfigError(f"model.backbone.checkpoint={path}: not an encoder.pt, a Lightning .ckpt or a state dict")
+            raise ConfigError(f"{option}={path}: Lightning checkpoint has no 'backbone.*' weights")
+        hparams = obj.get("hyper_parameters") or {}
+        backbone = dict(hparams.get("backbone") or {})
+        spec = {k: v for k, v in backbone.items() if k not in _LOAD_OPTIONS}
+        if "in_chans" in hparams:
+            spec["in_chans"] = hparams["in_chans"]
+        head = _prefixed(obj["state_dict"], "classifier.") or None
+        return {"state_dict": state, "head": head, "name": backbone.get("name"), "spec": spec,
+                "input": {k: hparams[k] for k in ("num_classes", "in_chans", "image_size") if k in hparams}}
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"state_dict": obj, "head": None, "name": None, "spec": {}, "input": {}}
+    raise ConfigError(f"{option}={path}: not an encoder.pt, a Lightning .ckpt or a state dict")
 
 
-def load_backbone_weights(model: nn.Module, path) -> None:
-    """Load weights strictly; on mismatch say which names and shapes differ."""
-    state, meta = read_backbone_state(path)
-    expected_name = getattr(model, "backbone_spec", {}).get("name")
-    if meta.get("name") and expected_name and meta["name"] != expected_name:
-        raise ConfigError(
-            f"model.backbone.checkpoint={path} holds a '{meta['name']}' encoder but "
-            f"model.backbone.name={expected_name!r}; set model.backbone.name={meta['name']}"
-        )
+def read_backbone_state(path, option: str = "model.backbone.checkpoint") -> tuple[dict, dict]:
+    """(state_dict, meta) from encoder.pt, a Lightning .ckpt, or a bare state dict."""
+    ckpt = read_checkpoint(path, option)
+    return ckpt["state_dict"], {"name": ckpt["name"], **ckpt["spec"], "input": ckpt["input"]}
+
+
+def check_state_fits(model: nn.Module, state: dict, what: str) -> None:
+    """Strict-load precheck: say which names are missing/unexpected and which shapes differ."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -70,9 +130,61 @@ def load_backbone_weights(model: nn.Module, path) -> None:
               for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         raise ConfigError(
-            f"model.backbone.checkpoint={path} does not fit the backbone: "
+            f"{what} does not fit the backbone: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
             f"shape mismatches {shapes[:5]}"
         )
+
+
+def load_backbone_weights(model: nn.Module, path, option: str = "model.backbone.checkpoint") -> dict:
+    """Load weights strictly; on mismatch say which names and shapes differ. Returns the meta."""
+    state, meta = read_backbone_state(path, option)
+    expected_name = getattr(model, "backbone_spec", {}).get("name")
+    if meta.get("name") and expected_name and meta["name"] != expected_name:
+        raise ConfigError(
+            f"{option}={path} holds a '{meta['name']}' encoder but "
+            f"model.backbone.name={expected_name!r}; set model.backbone.name={meta['name']}"
+        )
+    trained_on = f" (it was trained on input {meta['input']})" if meta.get("input") else ""
+    check_state_fits(model, state, f"{option}={path}{trained_on}")
     model.load_state_dict(state)
+    return meta
+
+
+def pretrained_overlay(pretrained_file) -> dict | None:
+    """timm's `pretrained_cfg_overlay` for a local weights file, checked before timm reads it."""
+    if not pretrained_file:
+        return None
+    path = Path(pretrained_file).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.backbone.pretrained_file={path}: no such file")
+    return {"file": str(path)}
+
+
+def check_pretrained_file_fits(model: nn.Module, pretrained_file) -> None:
+    """timm loads a file into a feature extractor non-strictly (its classifier is dropped), so a file of
+    another architecture would leave layers at random init: refuse any missing or foreign weight."""
+    if not pretrained_file:
+        return
+    from timm.models import load_state_dict
+
+    state = load_state_dict(str(pretrained_file), weights_only=True)
+    heads = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    foreign = {k: v for k, v in state.items() if not k.startswith(tuple(f"{h}." for h in heads))}
+    check_state_fits(model, foreign, f"model.backbone.pretrained_file={pretrained_file}")
+
+
+@contextlib.contextmanager
+def pretrained_file_errors(pretrained_file):
+    """Turn timm's errors on a bad local weights file into a `ConfigError` naming the option."""
+    try:
+        yield
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, OSError) as err:
+        if not pretrained_file:
+            raise
+        raise ConfigError(
+            f"model.backbone.pretrained_file={pretrained_file}: timm could not load it into this "
+            f"architecture ({str(err).splitlines()[0][:400]})"
+        ) from err

@@ -1,0 +1,32 @@
+"""Knowledge-distillation losses as pure functions.
+
+- Response-based (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network"):
+  soft targets p^T = softmax(z / T); the student matches the teacher's p^T. The gradient of the
+  soft term scales as 1/T^2, hence the T^2 factor that keeps both terms on one scale (Sec. 2).
+- Feature-based (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets"): a learned regressor r
+  maps the student's guided layer to the teacher's hint layer, L_HT = 1/2 ||u_h - r(v_g)||^2 (Eq. 3).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(t/T) || softmax(s/T)), summed over classes, averaged over the batch ("batchmean")."""
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+            temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)   (Hinton et al. 2015)."""
+    soft = soft_target_kl(student_logits, teacher_logits, temperature)
+    hard = F.cross_entropy(student_logits.float(), targets)
+    return alpha * temperature**2 * soft + (1.0 - alpha) * hard
+
+
+def hint_loss(regressed_student: torch.Tensor, teacher_hint: torch.Tensor) -> torch.Tensor:
+    """FitNets Eq. (3), 1/2 ||u_h(x) - r(v_g(x))||^2, averaged over elements rather than summed."""
+    return 0.5 * F.mse_loss(regressed_student.float(), teacher_hint.float())

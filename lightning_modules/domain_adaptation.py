@@ -1,0 +1,313 @@
+"""What every domain-adaptation method shares: the network, training progress, model selection and
+the evaluation.
+
+Network: `backbone` (feature extractor G_f) and `classifier` (label predictor G_y).
+Training batches: `{"source": (xs, ys), "target": xt}` from `datamodules.pair.PairDataModule`.
+Progress: `self.progress` is p = batches done / total batches in [0, 1], which the schedules follow.
+
+Model selection (`select`):
+- `last`: the weights at the end of training (default).
+- `best`: the epoch with the best accuracy on the *labeled source* validation split.
+- `best_target_oracle`: the epoch with the best accuracy on the target validation split. This uses
+  target labels to choose a model, which real unsupervised adaptation cannot do; it is there only
+  for users who ask for it, and every result it produces says so (`test/selected_by_target`).
+
+Evaluation (test):
+- `test/target_acc` (headline), `test/source_acc`, per-class `test/target_acc_class/<name>`;
+- `test/domain_acc` and `test/proxy_a_distance`: a logistic-regression domain classifier trained on
+  half of the source+target test features and scored on the other half; proxy A-distance
+  d_A = 2 (1 - 2 err) (Ben-David et al. 2007; Ganin et al. 2016, Sec. 5.1.4);
+- t-SNE maps of source and target test features, coloured by class with the domain as marker
+  (o source, x target), before adaptation (`plots/tsne_before.png`: the features at the start of
+  training, i.e. the initial or `model.backbone.checkpoint` encoder; ADDA: the trained source
+  encoder on both domains) and after it (`plots/tsne_after.png`).
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules.errors import ConfigError
+
+from .base import BaseMethod
+from .components.backbones import create_backbone
+from .components.schedules import adaptation_weight, progress
+
+SELECT_CHOICES = ("last", "best", "best_target_oracle")
+DOMAINS = ("target", "source")  # dataloader_idx 0 and 1 of the pair's val/test loaders
+
+
+def gather_rows(module, x: torch.Tensor) -> torch.Tensor:
+    """All processes' rows of `x` (different counts allowed); `x` itself without DDP."""
+    if module.trainer is None or module.trainer.world_size == 1:
+        return x
+    counts = module.all_gather(torch.tensor(len(x), device=x.device)).flatten()
+    padded = x.new_zeros((int(counts.max()), *x.shape[1:]))
+    padded[: len(x)] = x
+    rows = module.all_gather(padded)
+    return torch.cat([rows[i, : int(n)] for i, n in enumerate(counts)])
+
+
+def domain_separability(source: np.ndarray, target: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """(domain-classifier accuracy, proxy A-distance) from a linear classifier on half the features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.concatenate([source, target]).astype(np.float64)
+    d = np.r_[np.zeros(len(source)), np.ones(len(target))]
+    x_tr, x_te, d_tr, d_te = train_test_split(x, d, test_size=0.5, random_state=seed, stratify=d)
+    scaler = StandardScaler().fit(x_tr)
+    clf = LogisticRegression(max_iter=500).fit(scaler.transform(x_tr), d_tr)
+    acc = float(clf.score(scaler.transform(x_te), d_te))
+    return acc, 2.0 * (1.0 - 2.0 * (1.0 - acc))
+
+
+class DomainAdaptation(BaseMethod):
+    """Base of every method in the family; subclasses write `training_step` like their paper."""
+
+    def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
+                 scheduler_interval: str = "step", select: str = "last", tsne: bool = True,
+                 tsne_points: int = 300):
+        super().__init__(optimizer, scheduler, scheduler_interval)
+        self.save_hyperparameters(logger=False)
+        if select not in SELECT_CHOICES:
+            raise ConfigError(f"model.select={select!r} is not a choice; choices: {list(SELECT_CHOICES)}")
+        self.select, self.tsne, self.tsne_points = select, tsne, tsne_points
+        self.num_classes = num_classes
+        self.backbone = create_backbone(in_chans=in_chans, **backbone)
+        self.classifier = nn.Linear(self.backbone.num_features, num_classes)
+        acc = lambda: MulticlassAccuracy(num_classes, average="micro")  # noqa: E731
+        self.train_acc = acc()
+        self.eval_acc = nn.ModuleDict({f"{stage}_{dom}": acc() for stage in ("val", "test") for dom in DOMAINS})
+        self.target_class_acc = MulticlassAccuracy(num_classes, average=None)
+        self._best_score, self._best_state, self.selected_epoch = -1.0, None, None
+        self._test_features: dict[str, list] = {}
+
+    # ----------------------------------------------------------------------------------------
+    # network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(x))
+
+    def features(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        """Features the classifier sees for images of `domain` (ADDA: a separate target encoder)."""
+        return self.backbone(x)
+
+    def predict(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        return self.classifier(self.features(x, domain))
+
+    # ----------------------------------------------------------------------------------------
+    # training helpers
+
+    @property
+    def total_batches(self) -> int:
+        trainer = self.trainer
+        total = float("inf")
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            total = trainer.max_epochs * trainer.num_training_batches
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            total = min(total, trainer.max_steps)
+        if total == float("inf"):
+            raise ConfigError("domain adaptation follows training progress p: set trainer.max_epochs or trainer.max_steps")
+        return int(total)
+
+    @property
+    def progress(self) -> float:
+        """p in [0, 1]: training batches done / total batches."""
+        done = self.trainer.fit_loop.epoch_loop.total_batch_idx
+        return progress(done, max(self.total_batches - 1, 1))
+
+    def source_loss(self, logits: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on labeled source examples; logs train/source_loss and train/source_acc."""
+        loss = F.cross_entropy(logits.float(), ys)
+        self.train_acc(logits.detach(), ys)
+        self.log("train/source_loss", loss, on_step=True, on_epoch=True, batch_size=len(ys))
+        self.log("train/source_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(ys))
+        return loss
+
+    def with_all_parameters(self, loss: torch.Tensor) -> torch.Tensor:
+        """DDP without find_unused_parameters needs a gradient for every parameter in each backward;
+        parameters this loss does not use get an exact zero. No-op in a single process."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return loss
+        return loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        if self.scheduler_factory is None:
+            return optimizer
+        factory = getattr(self.scheduler_factory, "func", self.scheduler_factory)
+        extra = {}
+        if "total_steps" in inspect.signature(factory).parameters:
+            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **extra)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    # ----------------------------------------------------------------------------------------
+    # validation and model selection
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        x, y = batch
+        self.eval_acc[f"val_{DOMAINS[dataloader_idx]}"].update(self.predict(x, DOMAINS[dataloader_idx]), y)
+
+    def on_validation_epoch_end(self) -> None:
+        scores = {}
+        for dom in DOMAINS:
+            metric = self.eval_acc[f"val_{dom}"]
+            scores[dom] = float(metric.compute()) if metric.update_count else float("nan")
+            self.log(f"val/{dom}_acc", scores[dom], prog_bar=True, sync_dist=False)
+            metric.reset()
+        if self.trainer.sanity_checking or self.select == "last":
+            return
+        score = scores["source" if self.select == "best" else "target"]
+        if score > self._best_score:
+            self._best_score, self.selected_epoch = score, self.current_epoch
+            self._best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def on_fit_end(self) -> None:
+        if self.select != "last" and self._best_state is not None:
+            self.load_state_dict(self._best_state)
+
+    # ----------------------------------------------------------------------------------------
+    # test
+
+    def on_fit_start(self) -> None:
+        if self.tsne and self.trainer.is_global_zero:
+            self.plot_features("before")
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        x, y = batch
+        domain = DOMAINS[dataloader_idx]
+        feats = self.features(x, domain)
+        logits = self.classifier(feats)
+        self.eval_acc[f"test_{domain}"].update(logits, y)
+        if domain == "target":
+            self.target_class_acc.update(logits, y)
+        self._test_features.setdefault(domain, []).append((feats.detach().float(), y))
+
+    def on_test_epoch_start(self) -> None:
+        self._test_features = {}
+
+    def on_test_epoch_end(self) -> None:
+        for dom in DOMAINS:
+            metric = self.eval_acc[f"test_{dom}"]
+            if metric.update_count:
+                self.log(f"test/{dom}_acc", metric.compute())
+            metric.reset()
+        if self.target_class_acc.update_count:
+            classes = self.class_names()
+            for name, value in zip(classes, self.target_class_acc.compute()):
+                self.log(f"test/target_acc_class/{name}", value)
+            self.target_class_acc.reset()
+        if self.select != "last" and self.selected_epoch is not None:
+            self.log("test/selected_epoch", float(self.selected_epoch))
+            self.log("test/selected_by_target", float(self.select == "best_target_oracle"))
+        gathered = {}
+        for dom, parts in self._test_features.items():
+            gathered[dom] = (gather_rows(self, torch.cat([f for f, _ in parts])).cpu().numpy(),
+                             gather_rows(self, torch.cat([y for _, y in parts])).cpu().numpy())
+        if len(gathered) == 2:
+            acc, pad = domain_separability(gathered["source"][0], gathered["target"][0])
+            self.log("test/domain_acc", acc)
+            self.log("test/proxy_a_distance", pad)
+            if self.tsne and self.trainer.is_global_zero:
+                self.save_tsne("after", gathered)
+        self._test_features = {}
+
+    def class_names(self) -> list[str]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        source = getattr(datamodule, "source", None)
+        return list(source.classes) if source is not None else [str(i) for i in range(self.num_classes)]
+
+    # ----------------------------------------------------------------------------------------
+    # t-SNE
+
+    def run_dir(self) -> Path:
+        return Path(self.trainer.default_root_dir)
+
+    @torch.no_grad()
+    def collect_features(self, encoders: dict[str, nn.Module]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Features of (up to `tsne_points` per domain) test images, each domain with its encoder."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "target"):
+            return {}
+        was_training = self.training
+        self.eval()
+        out = {}
+        for dom, splits in (("source", datamodule.source), ("target", datamodule.target)):
+            feats, labels, seen = [], [], 0
+            for x, y in datamodule.loader(splits.test, train=False):
+                feats.append(encoders[dom](x.to(self.device)).float().cpu())
+                labels.append(y)
+                seen += len(y)
+                if seen >= self.tsne_points:
+                    break
+            out[dom] = (torch.cat(feats)[: self.tsne_points].numpy(), torch.cat(labels)[: self.tsne_points].numpy())
+        self.train(was_training)
+        return out
+
+    def plot_features(self, when: str, encoders: dict[str, nn.Module] | None = None) -> None:
+        encoders = encoders or {"source": self.backbone, "target": lambda x: self.features(x, "target")}
+        features = self.collect_features(encoders)
+        if features:
+            self.save_tsne(when, features)
+
+    def save_tsne(self, when: str, features: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """plots/tsne_<when>.png: colour = class, marker = domain (o source, x target)."""
+        from threadpoolctl import threadpool_limits
+
+        from .evaluation.embedding_plot import save_tsne_plot
+
+        rng = np.random.default_rng(0)
+        parts = {}
+        for dom, (f, y) in features.items():
+            keep = np.sort(rng.permutation(len(f))[: self.tsne_points])
+            parts[dom] = (f[keep], y[keep])
+        feats = np.concatenate([parts["source"][0], parts["target"][0]])
+        labels = np.concatenate([parts["source"][1], parts["target"][1]])
+        domains = np.r_[np.zeros(len(parts["source"][0]), int), np.ones(len(parts["target"][0]), int)]
+        # one BLAS/OpenMP thread: t-SNE oversubscribes a shared CPU badly otherwise
+        with threadpool_limits(1):
+            save_tsne_plot(feats, labels, self.run_dir() / "plots" / f"tsne_{when}.png", domains=domains,
+                           title=f"{type(self).__name__}, {when} adaptation: colour = class, o source, x target")
+
+
+class DiscrepancyAdaptation(DomainAdaptation):
+    """Source cross-entropy plus `trade_off` x a discrepancy between source and target activations
+    of the adapted layers (`features`: the backbone output, `logits`: the classifier output).
+
+    Subclasses define `discrepancy(source, target)` (DAN: MK-MMD^2, CORAL: the CORAL loss).
+    `ramp: true` multiplies the weight by DANN's lambda_p schedule (off in both papers).
+    """
+
+    LAYERS = ("features", "logits")
+
+    def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, trade_off: float = 1.0,
+                 layers=("features", "logits"), ramp: bool = False, **common):
+        super().__init__(backbone, num_classes, in_chans, optimizer, **common)
+        unknown = sorted(set(layers) - set(self.LAYERS))
+        if unknown or not layers:
+            raise ConfigError(f"model.layers={list(layers)}: choose one or more of {list(self.LAYERS)}")
+        self.trade_off, self.layers, self.ramp = trade_off, list(layers), ramp
+
+    def discrepancy(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        (xs, ys), xt = batch["source"], batch["target"]
+        f = self.backbone(torch.cat([xs, xt]))
+        logits = self.classifier(f)
+        activations = {"features": f, "logits": logits}
+        n = len(xs)
+        loss_y = self.source_loss(logits[:n], ys)
+        loss_d = sum(self.discrepancy(activations[k][:n], activations[k][n:]) for k in self.layers)
+        weight = self.trade_off * (adaptation_weight(self.progress) if self.ramp else 1.0)
+        self.log("train/discrepancy", loss_d, on_step=True, on_epoch=True, batch_size=n)
+        return self.check_finite(loss_y + weight * loss_d)

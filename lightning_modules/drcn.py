@@ -1,0 +1,71 @@
+"""DRCN: deep reconstruction-classification networks (Ghifary et al., ECCV 2016).
+
+A shared encoder (`backbone`), a label head (`classifier`) and a decoder that reconstructs images
+from the encoder's features. The objective (Eq. 3 there)
+
+    min  lambda * L_c(Theta_enc, Theta_lab; source) + (1 - lambda) * L_r(Theta_enc, Theta_dec; target)
+
+is optimised by alternating (Algorithm 1): one step on the labeled source batch with the
+classification loss, the next on the unlabeled target batch with the reconstruction (MSE) loss.
+lambda = 0.7 by default (`trade_off`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datamodules.errors import ConfigError
+
+from .domain_adaptation import DomainAdaptation
+
+
+class Decoder(nn.Module):
+    """features -> fc -> (64, s/4, s/4) -> two 2x transposed convs -> C x s x s images in [-1, 1]."""
+
+    def __init__(self, num_features: int, out_chans: int, image_size: int, width: int = 64):
+        super().__init__()
+        self.start = max(1, image_size // 4)
+        self.image_size, self.width = image_size, width
+        self.fc = nn.Sequential(nn.Linear(num_features, width * self.start**2), nn.ReLU())
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(width // 2, out_chans, 4, 2, 1),
+        )
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        x = self.up(self.fc(f).view(len(f), self.width, self.start, self.start))
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return torch.tanh(x)
+
+
+class DRCN(DomainAdaptation):
+    def __init__(self, backbone: dict, num_classes: int, in_chans: int, image_size: int, optimizer,
+                 trade_off: float = 0.7, decoder_width: int = 64, **common):
+        super().__init__(backbone, num_classes, in_chans, optimizer, **common)
+        if not 0.0 < trade_off < 1.0:
+            raise ConfigError(f"model.trade_off={trade_off} (DRCN's lambda) must lie in (0, 1)")
+        self.trade_off = trade_off
+        self.decoder = Decoder(self.backbone.num_features, in_chans, image_size, decoder_width)
+        self._idle: nn.Module | None = None
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.fit_loop.epoch_loop.total_batch_idx % 2 == 0:
+            # classification step on source: lambda * L_c
+            xs, ys = batch["source"]
+            loss = self.trade_off * self.source_loss(self.classifier(self.backbone(xs)), ys)
+            self._idle = self.decoder
+        else:
+            # reconstruction step on target: (1 - lambda) * L_r
+            xt = batch["target"]
+            loss = (1.0 - self.trade_off) * F.mse_loss(self.decoder(self.backbone(xt)).float(), xt.float())
+            self.log("train/recon_loss", loss / (1.0 - self.trade_off), on_step=False, on_epoch=True, batch_size=len(xt))
+            self._idle = self.classifier
+        return self.with_all_parameters(self.check_finite(loss))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Under DDP the idle part got exact-zero gradients; drop them so it is not stepped (as without DDP)."""
+        if self._idle is not None:
+            for p in self._idle.parameters():
+                p.grad = None

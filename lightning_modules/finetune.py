@@ -1,0 +1,137 @@
+"""Fine-tuning a pretrained backbone with a new linear head: the transfer-learning strategies.
+
+- `linear`  ConvNet as fixed feature extractor: the backbone is frozen, BatchNorm statistics and
+            dropout included (the backbone stays in eval mode), and only the new head is trained.
+- `partial` the last `trainable_stages` stages of the backbone are trained (at `backbone_lr_mult`
+            times the learning rate), the earlier ones are frozen (their BatchNorm layers in eval mode).
+- `full`    everything is trained, the backbone at `backbone_lr_mult` (default 0.1) times the
+            learning rate so the pretrained features are not erased (catastrophic forgetting).
+
+Pretrained weights come through `backbone`: `pretrained: true` (timm, online),
+`pretrained_file` (local file via timm's `pretrained_cfg_overlay`), or `checkpoint`
+(`encoder.pt` of another run, or a project `.ckpt`).
+
+Stages are timm's coarse parameter groups (`model.group_matcher(coarse=True)`: the stem, then each
+stage / block, e.g. ResNet `conv1+bn1, layer1..layer4`; ours: `lenet` stages.0, stages.1, fc;
+`small_cnn` stages.0..2). A model without a group matcher falls back to its top-level children
+that hold parameters, in registration order.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+
+from timm.models import group_parameters
+from torch import nn
+
+from datamodules.errors import ConfigError
+
+from .supervised import Supervised
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("linear", "partial", "full")
+
+
+def backbone_stages(backbone: nn.Module) -> list[list[str]]:
+    """Parameter names of the backbone, grouped into stages from input to output."""
+    if hasattr(backbone, "group_matcher"):
+        groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
+        return [names for _, names in sorted(groups.items())]
+    stages = []
+    for child_name, child in backbone.named_children():
+        names = [f"{child_name}.{n}" for n, _ in child.named_parameters()]
+        if names:
+            stages.append(names)
+    return stages
+
+
+def stage_output_modules(backbone: nn.Module) -> list[str]:
+    """For each stage, the name of the largest module holding only that stage's parameters
+    (whose output is the stage's feature map); when none exists (e.g. a stem of several layers),
+    the last module that holds one of its parameters."""
+    stages = backbone_stages(backbone)
+    stage_of = {name: i for i, names in enumerate(stages) for name in names}
+    names = []
+    for i, params in enumerate(stages):
+        owners = [p.rpartition(".")[0] for p in params]
+        best = owners[-1]
+        for module_name, module in backbone.named_modules():
+            own = [f"{module_name}.{n}" if module_name else n for n, _ in module.named_parameters()]
+            if own and all(stage_of.get(n) == i for n in own) and len(own) == len(params):
+                best = module_name
+                break
+        names.append(best)
+    return names
+
+
+def base_learning_rate(optimizer_factory) -> float:
+    """The `lr` of the optimizer partial, or the optimizer's default."""
+    if "lr" in getattr(optimizer_factory, "keywords", {}):
+        return float(optimizer_factory.keywords["lr"])
+    default = inspect.signature(optimizer_factory.func).parameters["lr"].default
+    return float(default)
+
+
+def frozen_norm_layers(module: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers whose parameters are all frozen: their running statistics must stay too."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+class Finetune(Supervised):
+    """The supervised classifier (backbone + new linear head, cross-entropy), with parts frozen."""
+
+    def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
+                 scheduler_interval: str = "epoch", strategy: str = "full", trainable_stages: int = 1,
+                 backbone_lr_mult: float = 0.1):
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"model.strategy={strategy!r} is not a fine-tuning strategy; choices: {list(STRATEGIES)}")
+        if strategy != "linear" and not backbone_lr_mult > 0:
+            raise ConfigError(f"model.backbone_lr_mult={backbone_lr_mult} must be > 0 (model.strategy=linear freezes the backbone)")
+        if not (backbone.get("checkpoint") or backbone.get("pretrained") or backbone.get("pretrained_file")):
+            log.warning("model.strategy=%s without pretrained weights (model.backbone.checkpoint / pretrained / "
+                        "pretrained_file): the backbone starts from random initialisation", strategy)
+        super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, scheduler_interval)
+        self.strategy, self.backbone_lr_mult = strategy, float(backbone_lr_mult)
+        self.stages = backbone_stages(self.backbone)
+        self.trainable_stages = self._check_trainable_stages(trainable_stages)
+        trainable = {name for names in self.stages[len(self.stages) - self.trainable_stages:] for name in names}
+        for name, param in self.backbone.named_parameters():
+            param.requires_grad_(name in trainable)
+        self.frozen_norms = frozen_norm_layers(self.backbone)
+        self.train()  # modules start in train mode; put the frozen ones in eval mode now
+
+    def _check_trainable_stages(self, trainable_stages: int) -> int:
+        n = len(self.stages)
+        if self.strategy == "linear":
+            return 0
+        if self.strategy == "full":
+            return n
+        if not 1 <= int(trainable_stages) <= n:
+            first = [names[0].rsplit(".", 1)[0] for names in self.stages]
+            raise ConfigError(
+                f"model.trainable_stages={trainable_stages} must lie in [1, {n}] for model.strategy=partial: "
+                f"backbone {self.backbone.backbone_spec['name']} has {n} stages starting at {first} "
+                f"(use model.strategy=linear for 0 and model.strategy=full for all)"
+            )
+        return int(trainable_stages)
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode: BatchNorm running statistics (and, for `linear`, dropout)
+        do not change while the head trains."""
+        super().train(mode)
+        if self.strategy == "linear":
+            self.backbone.eval()
+        else:
+            for layer in self.frozen_norms:
+                layer.eval()
+        return self
+
+    def parameter_groups(self):
+        lr = base_learning_rate(self.optimizer_factory)
+        groups = [{"params": list(self.classifier.parameters()), "lr": lr}]
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        if backbone:
+            groups.append({"params": backbone, "lr": lr * self.backbone_lr_mult})
+        return groups

@@ -1,0 +1,126 @@
+"""Pseudo-Label (Lee 2013): self-training on unlabeled data with the network's own argmax predictions.
+
+For unlabeled x, the pseudo-label is the class of highest predicted probability (Lee 2013, eq. 15):
+    y'_i = 1 if i = argmax_i' f_i'(x) else 0,
+and the loss of a minibatch of n labeled and n' unlabeled examples is (eq. 15-16)
+    L = 1/n sum CE(y, f(x)) + alpha(t) * 1/n' sum CE(y', f(x')),
+with the weight ramped up so early, noisy pseudo-labels do little harm (eq. 16):
+    alpha(t) = 0                              t < T1
+             = alpha_f (t - T1) / (T2 - T1)   T1 <= t < T2
+             = alpha_f                        T2 <= t
+t counts epochs (fractionally, within an epoch); an epoch is one pass over the unlabeled part.
+Pseudo-labels are recomputed at every step from the same forward pass (dropout on, as in the paper)
+and carry no gradient. `confidence_threshold` > 0 keeps only pseudo-labels whose probability
+reaches it (the others count as zero in the 1/n' mean).
+
+`alpha_f=0` (or `use_unlabeled=false`) is the supervised-only baseline on the same labeled set and
+the same number of steps. Batches come from `SemiSupervisedDataModule`, whose unlabeled part holds
+images only; its hidden labels are used only by validation loader 0, to log how accurate the
+pseudo-labels are (`val/pseudo_acc`), never by the loss.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules.errors import ConfigError
+
+from .base import BaseMethod, ClassificationMetrics
+from .components.backbones import create_backbone
+
+
+def alpha_schedule(t: float, t1: float, t2: float, alpha_f: float) -> float:
+    """alpha(t) of Lee (2013), eq. 16."""
+    if t < t1:
+        return 0.0
+    if t < t2:
+        return alpha_f * (t - t1) / (t2 - t1)
+    return float(alpha_f)
+
+
+def pseudo_label_loss(logits_u: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1/n' sum CE(y', f(x')) with y' = argmax f(x') (no gradient through y'); pseudo-labels whose
+    probability is below `threshold` are masked out. Returns (loss, pseudo-labels, accepted mask)."""
+    with torch.no_grad():
+        confidence, pseudo = logits_u.detach().float().softmax(1).max(1)
+        accepted = confidence >= threshold
+    per_example = F.cross_entropy(logits_u.float(), pseudo, reduction="none")
+    return (per_example * accepted).mean(), pseudo, accepted
+
+
+class PseudoLabel(BaseMethod):
+    def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
+                 scheduler_interval: str = "epoch", t1: float = 100, t2: float = 600, alpha_f: float = 3.0,
+                 confidence_threshold: float = 0.0, use_unlabeled: bool = True):
+        super().__init__(optimizer, scheduler, scheduler_interval)
+        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])  # partials are not weights_only-loadable
+        if not t2 > t1 >= 0:
+            raise ConfigError(f"model.t1={t1}, model.t2={t2}: need 0 <= t1 < t2 (epochs)")
+        if alpha_f < 0:
+            raise ConfigError(f"model.alpha_f={alpha_f} must be >= 0 (0 = supervised-only baseline)")
+        if not 0.0 <= confidence_threshold < 1.0:
+            raise ConfigError(f"model.confidence_threshold={confidence_threshold} must lie in [0, 1)")
+        self.t1, self.t2, self.alpha_f = t1, t2, alpha_f
+        self.threshold = confidence_threshold
+        self.use_unlabeled = use_unlabeled and alpha_f > 0
+        self.backbone = create_backbone(in_chans=in_chans, **backbone)
+        self.classifier = nn.Linear(self.backbone.num_features, num_classes)
+        self.metrics = ClassificationMetrics(num_classes)
+        self.pseudo_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.pseudo_acc_accepted = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(x))
+
+    def epoch_time(self, batch_idx: int) -> float:
+        """t in epochs: the current epoch plus the fraction of it already done."""
+        per_epoch = self.trainer.num_training_batches if self._trainer is not None else float("inf")
+        fraction = batch_idx / per_epoch if per_epoch not in (0, float("inf")) else 0.0
+        return self.current_epoch + fraction
+
+    def alpha(self, batch_idx: int) -> float:
+        return alpha_schedule(self.epoch_time(batch_idx), self.t1, self.t2, self.alpha_f) if self.use_unlabeled else 0.0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch["labeled"]
+        alpha = self.alpha(batch_idx)
+        self.log("train/alpha", alpha, on_step=False, on_epoch=True, batch_size=len(y))
+        if alpha == 0.0:  # before T1 (or the baseline): labeled data only, no forward pass on x'
+            return self.check_finite(self.metrics.log_step(self, "train", self(x), y))
+        x_u = batch["unlabeled"]
+        logits = self(torch.cat([x, x_u]))  # one forward pass, so BatchNorm sees both parts
+        supervised = self.metrics.log_step(self, "train", logits[: len(y)], y)
+        unsupervised, _, accepted = pseudo_label_loss(logits[len(y) :], self.threshold)
+        loss = supervised + alpha * unsupervised  # eq. 15
+        n_u = len(x_u)
+        self.log("train/unlabeled_loss", unsupervised, on_step=False, on_epoch=True, batch_size=n_u)
+        self.log("train/accepted", accepted.float().mean(), on_step=False, on_epoch=True, batch_size=n_u)
+        self.log("train/total_loss", loss, on_step=True, on_epoch=True, batch_size=n_u)
+        return self.check_finite(loss)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        x, y = batch
+        logits = self(x)
+        if dataloader_idx == 0:  # the unlabeled training part, with its hidden labels: pseudo-label quality
+            confidence, pseudo = logits.softmax(1).max(1)
+            accepted = confidence >= self.threshold
+            self.pseudo_acc(pseudo, y)
+            self.log("val/pseudo_acc", self.pseudo_acc, on_epoch=True, add_dataloader_idx=False, batch_size=len(y))
+            self.log("val/pseudo_accepted", accepted.float().mean(), on_epoch=True, sync_dist=True,
+                     add_dataloader_idx=False, batch_size=len(y))
+            if accepted.any():
+                self.pseudo_acc_accepted(pseudo[accepted], y[accepted])
+                self.log("val/pseudo_acc_accepted", self.pseudo_acc_accepted, on_epoch=True,
+                         add_dataloader_idx=False, batch_size=int(accepted.sum()))
+        else:  # the labeled val split
+            accuracy = self.metrics.acc["val_acc"]
+            accuracy(logits, y)
+            self.log("val/loss", F.cross_entropy(logits.float(), y), on_epoch=True, sync_dist=True,
+                     add_dataloader_idx=False, batch_size=len(y))
+            self.log("val/acc", accuracy, on_epoch=True, prog_bar=True, add_dataloader_idx=False, batch_size=len(y))
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.metrics.log_step(self, "test", self(x), y)

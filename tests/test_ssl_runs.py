@@ -1,0 +1,29 @@
+"""End to end through run.py: SimCLR and MoCo on two CPU processes (trainer=ddp_cpu), rotation in
+one process; each writes results.json with the online-evaluation metrics."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import read_results, run_cli
+
+TINY = ["data=digits", "data.image_size=16", "data.batch_size=32", "data.eval_batch_size=256",
+        "+model.backbone.widths=[4,8,8]", "model.datamodule.knn_bank_size=128", "callbacks.progress_bar=null",
+        "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1"]
+
+
+@pytest.mark.parametrize("method,extra", [("simclr", []), ("moco", ["model.queue_size=256"])])
+def test_ddp_cpu_runs_to_completion(method, extra, tmp_path):
+    run_cli(f"model={method}", "trainer=ddp_cpu", "model.evaluation.tsne=false", "model.projector.hidden_dim=16",
+            *TINY, *extra, run_dir=tmp_path, timeout=600)
+    res = read_results(tmp_path)
+    assert res["status"] == "completed"
+    assert {"test/linear_acc", "test/knn_acc", "val/knn_acc", "train/loss"} <= set(res["metrics"])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "encoder.pt").is_file()
+
+
+def test_rotation_single_process_writes_metrics_and_tsne(tmp_path):
+    run_cli("model=rotation", "model.evaluation.tsne_points=100", *TINY, run_dir=tmp_path, timeout=600)
+    res = read_results(tmp_path)
+    assert 0.0 <= res["metrics"]["test/knn_acc"] <= 1.0 and "test/linear_acc" in res["metrics"]
+    assert (tmp_path / "tsne_test.png").is_file()

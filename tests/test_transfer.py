@@ -1,0 +1,253 @@
+"""Transfer learning: encoder hand-off, fine-tuning strategies, pretrained files, distillation."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from datamodules.errors import ConfigError
+from datamodules.labeled import LabeledDataModule
+from lightning_modules.components.backbones import create_backbone
+from lightning_modules.components.distillation import hint_loss, kd_loss, soft_target_kl
+from lightning_modules.components.encoder_io import read_checkpoint
+from lightning_modules.distill import Distill
+from lightning_modules.finetune import Finetune, backbone_stages, stage_output_modules
+from tests.conftest import read_results, run_cli
+
+ADAM = functools.partial(torch.optim.Adam, lr=1e-2)
+SMALL = {"name": "small_cnn", "widths": [8, 16, 32]}
+
+
+def digits(num_labels=None, **kw) -> LabeledDataModule:
+    dm = LabeledDataModule({"name": "digits"}, num_labels=num_labels, image_size=16, batch_size=32, **kw)
+    dm.setup("fit")
+    return dm
+
+
+def fit(module, dm, steps: int = 4) -> None:
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                         num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+
+
+def snapshot(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory) -> Path:
+    """A tiny supervised small_cnn (with BatchNorm) trained by run.py: writes encoder.pt and last.ckpt."""
+    run_dir = tmp_path_factory.mktemp("source")
+    run_cli("model=supervised", "data=digits", "debug=smoke", "model.input.image_size=16",
+            "model.backbone.name=small_cnn", "+model.backbone.widths=[8,16,32]", run_dir=run_dir)
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------------------
+# losses
+
+
+def test_kd_loss_matches_direct_formula():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(6, 5), torch.randn(6, 5) * 3, torch.randint(0, 5, (6,))
+    temperature, alpha = 3.0, 0.7
+    p_t, p_s = torch.softmax(t / temperature, 1), torch.softmax(s / temperature, 1)
+    kl = (p_t * (p_t.log() - p_s.log())).sum(1).mean()
+    ce = -torch.log_softmax(s, 1)[torch.arange(6), y].mean()
+    expected = alpha * temperature**2 * kl + (1 - alpha) * ce
+    assert torch.allclose(soft_target_kl(s, t, temperature), kl, atol=1e-6)
+    assert torch.allclose(kd_loss(s, t, y, temperature, alpha), expected, atol=1e-6)
+    assert torch.allclose(kd_loss(s, t, y, temperature, 0.0), ce, atol=1e-6)
+    assert kd_loss(t, t, y, temperature, 1.0).abs() < 1e-6  # student = teacher: no soft loss
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    assert torch.allclose(hint_loss(a, b), 0.5 * ((a - b) ** 2).mean())
+
+
+# ------------------------------------------------------------------------------------------------
+# stages, labels
+
+
+def test_stages_are_timm_groups():
+    assert [len(s) for s in backbone_stages(create_backbone("lenet", in_chans=1))] == [2, 2, 2]
+    assert stage_output_modules(create_backbone("lenet", in_chans=1)) == ["stages.0", "stages.1", "fc"]
+    assert stage_output_modules(create_backbone("small_cnn", in_chans=1)) == ["stages.0", "stages.1", "stages.2"]
+    resnet = stage_output_modules(create_backbone("resnet18_cifar", in_chans=3))
+    assert resnet == ["bn1", "layer1", "layer2", "layer3", "layer4"]
+
+
+def test_num_labels_is_a_class_balanced_seeded_subset():
+    dm = digits(num_labels=50)
+    assert len(dm.splits.train) == 50
+    assert torch.bincount(dm.splits.train.labels).tolist() == [5] * 10
+    assert torch.equal(digits(num_labels=50).splits.train.images, dm.splits.train.images)
+    assert len(dm.splits.val) == len(digits().splits.val)  # val/test untouched
+    with pytest.raises(ConfigError, match="num_labels=5 must lie between"):
+        digits(num_labels=5)
+
+
+# ------------------------------------------------------------------------------------------------
+# encoder hand-off and strategies
+
+
+def test_linear_run_keeps_the_exported_encoder_bit_for_bit(source_run, tmp_path):
+    """run 1 exports encoder.pt; run 2 (linear) loads it: backbone weights and BN stats unchanged."""
+    run_cli("model=finetune", "data=digits", "debug=smoke", "model.input.image_size=16", "model.strategy=linear",
+            "model.backbone.name=small_cnn", "+model.backbone.widths=[8,16,32]",
+            f"model.backbone.checkpoint={source_run / 'encoder.pt'}", run_dir=tmp_path)
+    assert read_results(tmp_path)["status"] == "completed"
+    before, after = read_checkpoint(source_run / "encoder.pt"), read_checkpoint(tmp_path / "encoder.pt")
+    assert any("running_mean" in k for k in before["state_dict"])
+    for key, value in before["state_dict"].items():
+        assert torch.equal(value, after["state_dict"][key]), key
+    assert after["head"] is not None and not torch.equal(before["head"]["weight"], after["head"]["weight"])
+
+
+@pytest.mark.parametrize("checkpoint", ["encoder.pt", "checkpoints/last.ckpt"])
+def test_partial_trains_only_the_last_stages(source_run, checkpoint):
+    dm = digits()
+    module = Finetune({**SMALL, "checkpoint": str(source_run / checkpoint)}, 10, 1, ADAM,
+                      strategy="partial", trainable_stages=1)
+    start = snapshot(module.backbone)
+    assert torch.equal(start["stages.0.0.0.weight"], read_checkpoint(source_run / "encoder.pt")["state_dict"]["stages.0.0.0.weight"])
+    fit(module, dm)
+    end = snapshot(module.backbone)
+    for key in start:
+        changed = not torch.equal(start[key], end[key])
+        assert changed == key.startswith("stages.2."), key  # weights and BN statistics of stages 0-1 frozen
+    lrs = sorted(group["lr"] for group in module.trainer.optimizers[0].param_groups)
+    assert lrs == pytest.approx([1e-3, 1e-2])  # backbone at backbone_lr_mult x lr
+
+
+def test_full_trains_everything_and_linear_freezes_bn_in_process(source_run):
+    dm = digits()
+    full = Finetune({**SMALL, "checkpoint": str(source_run / "encoder.pt")}, 10, 1, ADAM, strategy="full")
+    start = snapshot(full.backbone)
+    fit(full, dm)
+    assert all(not torch.equal(v, full.backbone.state_dict()[k]) for k, v in start.items() if "num_batches" not in k)
+    linear = Finetune({**SMALL, "checkpoint": str(source_run / "encoder.pt")}, 10, 1, ADAM, strategy="linear")
+    start, head = snapshot(linear.backbone), snapshot(linear.classifier)
+    fit(linear, dm)
+    assert not linear.backbone.training
+    assert all(torch.equal(v, linear.backbone.state_dict()[k]) for k, v in start.items())
+    assert not torch.equal(head["weight"], linear.classifier.weight)
+
+
+def test_finetune_on_an_imagefolder(source_run, tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("crab", "eel"):
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    dm = LabeledDataModule({"name": "imagefolder", "root": str(tmp_path)}, image_size=16, channels=1, batch_size=4)
+    dm.setup("fit")
+    module = Finetune({**SMALL, "checkpoint": str(source_run / "encoder.pt")}, dm.data_info["num_classes"], 1, ADAM,
+                      strategy="linear")
+    fit(module, dm, steps=2)
+    assert module.classifier.out_features == 2
+
+
+def test_bad_options_fail_clearly(source_run):
+    with pytest.raises(ConfigError, match="model.strategy='last'.*choices"):
+        Finetune(SMALL, 10, 1, ADAM, strategy="last")
+    with pytest.raises(ConfigError, match=r"trainable_stages=4 must lie in \[1, 3\]"):
+        Finetune(SMALL, 10, 1, ADAM, strategy="partial", trainable_stages=4)
+
+
+# ------------------------------------------------------------------------------------------------
+# wrong checkpoints
+
+
+def test_wrong_checkpoints_fail_with_clear_errors(source_run, tmp_path):
+    encoder = str(source_run / "encoder.pt")
+    with pytest.raises(ConfigError, match="checkpoint=.*missing.pt: no such file"):
+        create_backbone("small_cnn", in_chans=1, checkpoint=str(tmp_path / "missing.pt"))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(Path(encoder).read_bytes()[:200])
+    with pytest.raises(ConfigError, match="cannot be read as a torch checkpoint"):
+        create_backbone("small_cnn", in_chans=1, checkpoint=str(corrupt))
+    with pytest.raises(ConfigError, match="holds a 'small_cnn' encoder but model.backbone.name='lenet'"):
+        create_backbone("lenet", in_chans=1, checkpoint=encoder)
+    with pytest.raises(ConfigError, match=r"shape mismatches \['stages.0.0.0.weight"):
+        create_backbone("small_cnn", in_chans=1, checkpoint=encoder, widths=[4, 16, 32])
+    bare = tmp_path / "resnet_state.pt"
+    torch.save(create_backbone("resnet18_cifar", in_chans=1).state_dict(), bare)
+    with pytest.raises(ConfigError, match="does not fit the backbone: missing"):
+        create_backbone("small_cnn", in_chans=1, checkpoint=str(bare))
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": Path("x")}, pickled)  # an arbitrary Python object: refused by weights_only
+    with pytest.raises(ConfigError, match="weights_only=True"):
+        create_backbone("small_cnn", in_chans=1, checkpoint=str(pickled))
+
+
+# ------------------------------------------------------------------------------------------------
+# timm pretrained_cfg_overlay from a local file
+
+
+def test_pretrained_file_loads_through_timm_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = create_backbone("small_cnn", in_chans=1, widths=[8, 16, 32])
+    torch.nn.init.normal_(source.stages[0][0][0].weight)
+    state = {**source.state_dict(), "head.weight": torch.zeros(10, 32), "head.bias": torch.zeros(10)}
+    path = tmp_path / "weights.pth"
+    torch.save(state, path)
+    loaded = create_backbone("small_cnn", in_chans=1, widths=[8, 16, 32], pretrained_file=str(path))
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    with pytest.raises(ConfigError, match="pretrained_file=.*no such file"):
+        create_backbone("small_cnn", in_chans=1, pretrained_file=str(tmp_path / "nope.pth"))
+    with pytest.raises(ConfigError, match="pretrained_file=.*does not fit the backbone: missing"):
+        create_backbone("lenet", in_chans=1, pretrained_file=str(path))  # timm alone would load it non-strictly
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ConfigError, match="pretrained_file=.*could not load it"):
+        create_backbone("small_cnn", in_chans=1, widths=[8, 16, 32], pretrained_file=str(corrupt))
+
+
+# ------------------------------------------------------------------------------------------------
+# distillation
+
+
+@pytest.mark.parametrize("checkpoint", ["encoder.pt", "checkpoints/last.ckpt"])
+def test_distill_teacher_is_frozen_and_in_eval_mode(source_run, checkpoint):
+    dm = digits()
+    module = Distill({"name": "lenet"}, {"checkpoint": str(source_run / checkpoint)}, 10, 1, 16, ADAM,
+                     hint={"weight": 1.0})
+    teacher = snapshot(module.teacher)
+    student = snapshot(module.backbone)
+    fit(module, dm)
+    assert not module.teacher.training and not any(m.training for m in module.teacher.modules())
+    assert all(not p.requires_grad for p in module.teacher.parameters())
+    assert all(torch.equal(v, module.teacher.state_dict()[k]) for k, v in teacher.items())  # BN stats too
+    assert any(not torch.equal(v, module.backbone.state_dict()[k]) for k, v in student.items())
+    # hint: lenet's middle stage (20 maps) regressed onto small_cnn's middle stage (16 maps)
+    assert isinstance(module.regressor, torch.nn.Conv2d)
+    assert (module.regressor.in_channels, module.regressor.out_channels) == (50, 16)
+    # the teacher is the source classifier: same predictions as the model that wrote the file
+    x = dm.splits.val[0][0][None]
+    source = read_checkpoint(source_run / "encoder.pt")
+    reference = create_backbone("small_cnn", in_chans=1, widths=[8, 16, 32]).eval()
+    reference.load_state_dict(source["state_dict"])
+    expected = F.linear(reference(x), source["head"]["weight"], source["head"]["bias"])
+    assert torch.allclose(module.teacher(x), expected, atol=1e-5)
+
+
+def test_distill_bad_teachers_fail_clearly(source_run, tmp_path):
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        Distill(SMALL, {}, 10, 1, 16, ADAM)
+    with pytest.raises(ConfigError, match="predicts 10 classes but the data has 3"):
+        Distill(SMALL, {"checkpoint": str(source_run / "encoder.pt")}, 3, 1, 16, ADAM)
+    headless = tmp_path / "headless.pt"
+    state = read_checkpoint(source_run / "encoder.pt")
+    torch.save({"format": "transferlab-encoder", "name": "small_cnn", "spec": state["spec"], "input": {},
+                "state_dict": state["state_dict"]}, headless)
+    with pytest.raises(ConfigError, match="holds no classifier head"):
+        Distill(SMALL, {"checkpoint": str(headless)}, 10, 1, 16, ADAM)
+    with pytest.raises(ConfigError, match="alpha=1.5"):
+        Distill(SMALL, {"checkpoint": str(source_run / "encoder.pt")}, 10, 1, 16, ADAM, alpha=1.5)
