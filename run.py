@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -20,11 +21,13 @@ import hydra  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from hydra.utils import get_class, instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
 from datamodules.errors import ConfigError  # noqa: E402
+from lightning_modules.callbacks import FaultTolerance, is_interrupt  # noqa: E402
 from lightning_modules.components.encoder_io import save_encoder  # noqa: E402
 from lightning_modules.runtime import (  # noqa: E402
     RESULTS_FILE, git_commit, library_versions, machine, metrics_table, scalar_metrics, write_json_atomic,
@@ -38,6 +41,10 @@ RUNNER_KEYS = ("datamodule", "input", "optimized_metric")
 
 def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def in_sweep() -> bool:
+    return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def is_rank_zero() -> bool:
@@ -77,6 +84,11 @@ def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
     if not path.is_file():
         hint = " (ckpt_path=last resumes the run in hydra.run.dir=<an existing run dir>)" if ckpt_path == "last" else ""
         raise ConfigError(f"ckpt_path={ckpt_path}: {path} does not exist{hint}")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a truncated file has no directory
+        raise ConfigError(f"ckpt_path={ckpt_path}: {path} is not a readable PyTorch checkpoint (truncated or "
+                          f"corrupt?); point ckpt_path at another .ckpt or drop it to train from scratch")
     return str(path)
 
 
@@ -107,8 +119,70 @@ def build_all(cfg: DictConfig, group: str) -> list:
     return [instantiate(node, _convert_="partial") for node in (cfg.get(group) or {}).values() if node is not None]
 
 
+def cluster_plugins(cfg: DictConfig) -> list:
+    """On SLURM: Lightning's auto-requeue (save `hpc_ckpt_N.ckpt` in the run dir, `scontrol requeue`) on the
+    signal submitit asks SLURM to send before the time limit; the requeued job resumes from that file."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return []
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")  # what submitit's sbatch --signal sends
+    requeue_signal = getattr(signal, f"SIG{name.removeprefix('SIG')}")
+    if cfg.get("auto_requeue", True):
+        signal.signal(requeue_signal, signal.SIG_DFL)  # submitit's own handler would keep Lightning's off
+    return [SLURMEnvironment(auto_requeue=cfg.get("auto_requeue", True), requeue_signal=requeue_signal)]
+
+
+def discard_hpc_checkpoints(trainer: pl.Trainer) -> None:
+    """After a finished fit, so `trainer.test` on SLURM tests the trained weights, not a requeue snapshot."""
+    if trainer.is_global_zero:
+        for stale in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
+            stale.unlink()
+    trainer.strategy.barrier("discard_hpc_checkpoints")
+
+
+def prepare_wandb(cfg: DictConfig) -> None:
+    """wandb: one run per job named by its overrides, one group per sweep, and the run id kept in
+    `<run dir>/wandb_id.txt` so a resumed run (ckpt_path=last, a requeued job) continues the same run."""
+    node = (cfg.get("logger") or {}).get("wandb")
+    if node is None:
+        return
+    hydra_cfg = HydraConfig.get()
+    id_file = output_dir() / "wandb_id.txt"
+    if node.get("id"):
+        run_id = node.id
+    elif id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        import wandb
+
+        run_id = wandb.util.generate_id()
+    if is_rank_zero():
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id + "\n")
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.", "logger"))]
+    choices = hydra_cfg.runtime.choices
+    with open_dict(node):
+        node.id = run_id
+        node.resume = node.get("resume") or "allow"
+        node.name = node.get("name") or (",".join(overrides) or f"{choices.get('model')}-{choices.get('data')}")
+        node.group = node.get("group") or (Path(hydra_cfg.sweep.dir).name if in_sweep()
+                                           else f"{choices.get('model')}-{choices.get('data')}")
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Close this job's wandb run, so the next job of an in-process sweep starts its own."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="partial")
+    plugins = cluster_plugins(cfg)
+    extra = {"plugins": plugins} if plugins else {}
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="partial", **extra)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -141,11 +215,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.data_info)
-    trainer = build_trainer(cfg, build_all(cfg, "callbacks"), build_all(cfg, "logger"))
+    prepare_wandb(cfg)
+    loggers = build_all(cfg, "logger")
+    callbacks = build_all(cfg, "callbacks") + [FaultTolerance(output_dir() / "checkpoints")]
+    trainer = build_trainer(cfg, callbacks, loggers)
+    for logger in loggers:  # the resolved config, on every dashboard
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only=False: a resume loads this tool's own checkpoint, whose hyperparameters hold the
+        # optimizer partials (torch>=2.6 would refuse them); never point ckpt_path at untrusted files.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        discard_hpc_checkpoints(trainer)
         metrics.update(scalar_metrics(trainer.callback_metrics))
     optimized = metrics.get(cfg.model.get("optimized_metric") or "")
     if cfg.get("test", True):
@@ -162,20 +244,35 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     return metrics, optimized
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
+    """train() with bookkeeping: results.json says `failed` or `interrupted` when it did not complete.
+    In a sweep (-m) Hydra records a job's exception and runs the other jobs (the basic sweeper raises it
+    once they are done, so the command still exits non-zero; the Optuna presets mark the trial failed and
+    go on); the sweep summary lists it. Ctrl-C and SIGTERM stop the sweep."""
     started = time.time()
     try:
         _, optimized = train(cfg)
     except BaseException as err:
+        status = "interrupted" if is_interrupt(err) else "failed"
+        finish_wandb(exit_code=1)
         if is_rank_zero():
-            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             payload = results_payload(cfg, status, {}, started, error=f"{type(err).__name__}: {err}")
             write_json_atomic(output_dir() / RESULTS_FILE, payload)
         if isinstance(err, (ConfigError, MissingMandatoryValue)):
             log.error("%s", err)
+        if status == "failed" and in_sweep():
+            log.error("job %s failed; the other jobs of the sweep go on", output_dir(), exc_info=err)
         raise
+    if optimized is None and in_sweep():
+        log.warning("optimized_metric=%s was not logged; a sweeper that needs it fails this job",
+                    cfg.model.get("optimized_metric"))
+    finish_wandb(exit_code=0)
     return optimized
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
 
 
 if __name__ == "__main__":

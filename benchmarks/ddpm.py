@@ -24,7 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"ddpm_digits": "digits", "ddpm_mnist": "mnist"}
 
 
-def launch(preset: str, run_dir: Path, extra: list[str]) -> subprocess.Popen:
+def launch(preset: str, run_dir: Path, extra: list[str], evaluate: bool = False) -> subprocess.Popen:
+    """Train and test `preset` in run_dir; with `evaluate`, only test run_dir/checkpoints/last.ckpt in run_dir/eval."""
+    if evaluate:
+        extra = ["train=false", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", *extra]
+        run_dir = run_dir / "eval"
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     args = [sys.executable, str(ROOT / "run.py"), f"experiment={preset}", "callbacks.progress_bar=null",
@@ -47,43 +51,53 @@ def wait_all(procs: dict[str, tuple[subprocess.Popen, Path, float]]) -> None:
                 del pending[preset]
 
 
-def training_cpu_s(run_dir: Path) -> float | None:
-    """CPU seconds of the whole run minus the sampling ones recorded in fid.json (classifier training aside)."""
-    timing = json.loads((run_dir / "timing.json").read_text())
-    fid = json.loads((run_dir / "fid.json").read_text())
-    return timing["cpu_s"] - sum(s["cpu_s"] for s in fid["samplers"].values())
+def trained_steps(run_dir: Path) -> int | None:
+    import torch
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] if ckpt.is_file() else None
+
+
+def training_timing(run_dir: Path) -> dict:
+    """train_timing.json (a stopped training run, read by hand) or timing.json of the full run."""
+    for name in ("train_timing.json", "timing.json"):
+        if (run_dir / name).is_file():
+            return json.loads((run_dir / name).read_text())
+    return {}
 
 
 def report(out_dir: Path, presets: list[str]) -> str:
     rows, notes = [], []
     for preset in presets:
-        run_dir = out_dir / preset
+        train_dir = out_dir / preset
+        run_dir = train_dir / "eval" if (train_dir / "eval" / "fid.json").is_file() else train_dir
         if not (run_dir / "fid.json").is_file():
             notes.append(f"- {preset}: no fid.json in {run_dir} (run failed or not run)")
             continue
         res = json.loads((run_dir / "results.json").read_text())
         fid = json.loads((run_dir / "fid.json").read_text())
-        timing = json.loads((run_dir / "timing.json").read_text())
+        timing = training_timing(train_dir)
         m = res["metrics"]
         s = fid["samplers"]
         ratio = m["test/sample_ms_ancestral"] / m["test/sample_ms_ddim"]
         fid_gap = m["test/fid_ddim"] / m["test/fid_ancestral"] - 1
         rows.append(
-            f"| {PRESETS[preset]} | {int(res['config']['trainer']['max_steps'])} | {timing['wall_s'] / 60:.1f} / {timing['cpu_s'] / 60:.1f} "
+            f"| {PRESETS[preset]} | {trained_steps(train_dir)} | {timing.get('wall_s', float('nan')) / 60:.1f} / {timing.get('cpu_s', float('nan')) / 60:.1f} "
             f"| {m['test/classifier_acc']:.3f} | **{m['test/fid']:.2f}** | {m['test/fid_noise']:.1f} | {m['test/fid_real']:.2f} "
             f"| {m['test/fid'] / m['test/fid_real']:.1f}x | {m['test/class_frac_min']:.3f} "
             f"| {m['test/fid_ddim']:.2f} / {m['test/fid_ancestral']:.2f} ({fid_gap:+.0%}) "
             f"| {m['test/sample_ms_ddim']:.1f} / {m['test/sample_ms_ancestral']:.1f} ({ratio:.0f}x) |"
         )
         hist = " ".join(f"{c}:{f:.3f}" for c, f in enumerate(s["ddim"]["class_fractions"]))
-        notes.append(f"- {PRESETS[preset]}: `{(run_dir / 'command.txt').read_text().strip()}`; predicted-class "
+        commands = " then ".join(f"`{(d / 'command.txt').read_text().strip()}`" for d in dict.fromkeys([train_dir, run_dir]))
+        notes.append(f"- {PRESETS[preset]}: {commands}; {timing.get('note', '')}; predicted-class "
                      f"fractions of the {s['ddim']['num_samples']} DDIM samples: {hist}")
         image = run_dir / "samples" / "test_ddim.png"
         if image.is_file():
             shutil.copyfile(image, ROOT / "docs" / "images" / f"ddpm_{PRESETS[preset]}.png")
     header = (
-        "| data | steps | wall / CPU min | classifier acc | test/fid (DDIM-50, N=1000) | noise FID | real-vs-real FID "
-        "| fid / real | min class fraction | FID DDIM-50 / ancestral-1000 (N=200) | CPU ms per image DDIM / ancestral (speed-up) |\n"
+        "| data | steps | training wall / CPU min | classifier acc | test/fid (DDIM-50, N=1000) | noise FID | real-vs-real FID "
+        "| fid / real | min class fraction | FID DDIM-50 / ancestral-1000 (N=100) | CPU ms per image DDIM / ancestral (speed-up) |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     return "\n".join([header, *rows, "", *notes])
@@ -94,10 +108,13 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--out-dir", type=Path, default=ROOT / "outputs" / "benchmarks" / "ddpm")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="test the last checkpoint of an earlier (e.g. stopped) training run, in <run dir>/eval")
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for every preset")
     args = parser.parse_args()
     if not args.report_only:
-        procs = {p: (launch(p, args.out_dir / p, args.overrides), args.out_dir / p, time.time()) for p in args.presets}
+        where = {p: args.out_dir / p / ("eval" if args.evaluate else "") for p in args.presets}
+        procs = {p: (launch(p, args.out_dir / p, args.overrides, args.evaluate), where[p], time.time()) for p in args.presets}
         wait_all(procs)
     table = report(args.out_dir, args.presets)
     print(table)

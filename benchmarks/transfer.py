@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--source-epochs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="run.py processes at a time (1 thread each)")
     parser.add_argument("--no-distill", action="store_true")
+    parser.add_argument("--kd", nargs="+", default=["4,0.9", "2,0.5"], help="distillation settings 'T,alpha'")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "benchmarks" / "transfer")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer.md")
     args = parser.parse_args()
@@ -145,6 +146,11 @@ def main() -> None:
         tuned = {(s, seed): dirs[(s, b, seed)] for s in STRATEGIES[1:] for seed in args.seeds}
         groups.append((tuned, ["model=finetune", f"model.backbone.checkpoint={encoder}", "model.trainable_stages=1", *base],
                        f"${{model.strategy}}/{b}/seed${{seed}}", "model.strategy"))
+    if "100" in args.budgets:  # full fine-tuning at the head's learning rate (backbone_lr_mult=1)
+        dirs.update({("full_lr1", "100", seed): run_dir(runs, "full_lr1", "100", f"seed{seed}") for seed in args.seeds})
+        lr1 = {(None, seed): dirs[("full_lr1", "100", seed)] for seed in args.seeds}
+        groups.append((lr1, ["model=finetune", f"model.backbone.checkpoint={encoder}", "model.strategy=full",
+                             "model.backbone_lr_mult=1.0", *target_overrides("100", args.steps)], "full_lr1/100/seed${seed}", None))
     with ThreadPoolExecutor(args.workers) as pool:
         for future in [pool.submit(sweep_missing, runs, *group) for group in groups]:
             future.result()
@@ -156,16 +162,20 @@ def main() -> None:
         base = target_overrides("1000", args.steps)
         student = [f"++{o}" for o in STUDENT]
         alone = {(None, seed): run_dir(runs, "student_alone", "1000", f"seed{seed}") for seed in args.seeds}
-        distilled = {(None, seed): run_dir(runs, "student_distilled", "1000", f"seed{seed}") for seed in args.seeds}
+        settings = [tuple(float(v) for v in kd.split(",")) for kd in args.kd]
+        distilled = {(kd, seed): run_dir(runs, f"student_distilled_T{kd[0]:g}_a{kd[1]:g}", "1000", f"seed{seed}")
+                     for kd in settings for seed in args.seeds}
         teacher = f"{runs}/full/1000/seed${{seed}}/checkpoints/last.ckpt"
-        groups = [(alone, ["model=supervised", *student, *base], "student_alone/1000/seed${seed}", None),
-                  (distilled, ["model=distill", f"model.teacher.checkpoint='{teacher}'", *student, *base],
-                   "student_distilled/1000/seed${seed}", None)]
+        groups = [(alone, ["model=supervised", *student, *base], "student_alone/1000/seed${seed}", None)]
+        groups += [({key: where for key, where in distilled.items() if key[0] == kd},
+                    ["model=distill", f"model.teacher.checkpoint='{teacher}'", f"model.temperature={kd[0]:g}",
+                     f"model.alpha={kd[1]:g}", *student, *base], f"student_distilled_T{kd[0]:g}_a{kd[1]:g}/1000/seed${{seed}}", None)
+                   for kd in settings]
         with ThreadPoolExecutor(args.workers) as pool:
             for future in [pool.submit(sweep_missing, runs, *group) for group in groups]:
                 future.result()
-        distill = {(kind, seed): completed(where)["metrics"]
-                   for kind, table in (("alone", alone), ("distilled", distilled)) for (_, seed), where in table.items()}
+        distill = {("alone", seed): completed(where)["metrics"] for (_, seed), where in alone.items()}
+        distill.update({(kd, seed): completed(where)["metrics"] for (kd, seed), where in distilled.items()})
 
     write_table(args, source, acc, distill, time.time() - started)
 
@@ -195,24 +205,30 @@ def write_table(args, source: dict, acc: dict, distill: dict, wall: float) -> No
         cells = [mean_std([acc[(s, b, seed)] for seed in args.seeds]) for b in args.budgets]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     if "100" in args.budgets:
+        cells = [mean_std([acc[("full_lr1", b, seed)] for seed in args.seeds]) if b == "100" else "–" for b in args.budgets]
+        lines.append("| full, backbone lr x1 | " + " | ".join(cells) + " |")
+    if "100" in args.budgets:
         scratch = statistics.mean(acc[("scratch", "100", seed)] for seed in args.seeds)
-        best = max(STRATEGIES[1:], key=lambda s: statistics.mean(acc[(s, "100", seed)] for seed in args.seeds))
+        best = max([*STRATEGIES[1:], "full_lr1"], key=lambda s: statistics.mean(acc[(s, "100", seed)] for seed in args.seeds))
         gain = 100 * (statistics.mean(acc[(best, "100", seed)] for seed in args.seeds) - scratch)
         lines += ["", f"At 100 labels the best transfer strategy ({best}) beats scratch by {gain:+.1f} points "
                       f"(acceptance: >= +5)."]
     if distill:
-        rows = [("teacher: LeNet, full fine-tuning from USPS", [distill[("distilled", s)]["test/teacher_acc"] for s in args.seeds]),
-                ("student alone (small_cnn 8-16-32, `model=supervised`)", [distill[("alone", s)]["test/acc"] for s in args.seeds]),
-                ("student distilled (`model=distill`, T=4, alpha=0.9)", [distill[("distilled", s)]["test/acc"] for s in args.seeds])]
-        gain = 100 * statistics.mean(b["test/acc"] - distill[("alone", s)]["test/acc"]
-                                     for s, b in ((s, distill[("distilled", s)]) for s in args.seeds))
+        settings = sorted({key[0] for key in distill if key[0] != "alone"}, reverse=True)
+        rows = [("teacher: LeNet, full fine-tuning from USPS", [distill[(settings[0], s)]["test/teacher_acc"] for s in args.seeds]),
+                ("student alone (small_cnn 8-16-32, `model=supervised`)", [distill[("alone", s)]["test/acc"] for s in args.seeds])]
+        rows += [(f"student distilled (`model=distill`, T={kd[0]:g}, alpha={kd[1]:g})",
+                  [distill[(kd, s)]["test/acc"] for s in args.seeds]) for kd in settings]
+        gains = {kd: 100 * statistics.mean(distill[(kd, s)]["test/acc"] - distill[("alone", s)]["test/acc"] for s in args.seeds)
+                 for kd in settings}
         lines += ["", "## Knowledge distillation on 1,000 MNIST labels", "",
                   "Teacher: the `full` row's LeNet (431k parameters) of the same seed, loaded from its "
                   "`checkpoints/last.ckpt`; student: `small_cnn` with widths 8-16-32 (18k parameters); "
                   "same labels, batch and steps.", "",
                   "| model | test acc (%) |", "|---|---|"]
         lines += [f"| {name} | {mean_std(values)} |" for name, values in rows]
-        lines += ["", f"Distillation gain over the student alone: {gain:+.1f} points (mean of {len(args.seeds)} seeds)."]
+        lines += [""] + [f"Distillation gain over the student alone, T={kd[0]:g}, alpha={kd[1]:g}: {gain:+.1f} points "
+                         f"(mean of {len(args.seeds)} seeds)." for kd, gain in gains.items()]
     lines += ["", "Per-run results: `" + str(args.runs_dir.relative_to(ROOT) if args.runs_dir.is_relative_to(ROOT)
                                            else args.runs_dir) + "/<row>/<labels>/seed<k>/results.json`.", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)

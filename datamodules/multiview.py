@@ -61,6 +61,7 @@ class MultiViewDataModule(LabeledDataModule):
         self.knn_bank_size = knn_bank_size
         self.backend: str | None = None
         self.augmenter: ViewAugmenter | None = None
+        self._generator: torch.Generator | None = None
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
@@ -107,6 +108,10 @@ class MultiViewDataModule(LabeledDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Batched backend: a training batch arrives as uint8 `(x, y)` and leaves as `([v1, ...], y)`."""
         x, y = batch
-        if isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
-            return [self.augmenter.batch(x) for _ in range(self.n_views)], y
-        return batch
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8):
+            return batch
+        if self._generator is None or self._generator.device != x.device:
+            # each DDP process draws its own parameters (seed_everything gives all ranks one seed)
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self._generator = torch.Generator(device=x.device).manual_seed(torch.initial_seed() + 1_000_003 * rank)
+        return [self.augmenter.batch(x, self._generator) for _ in range(self.n_views)], y

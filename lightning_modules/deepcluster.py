@@ -173,7 +173,7 @@ class DeepCluster(SSLMethod):
 
     def on_train_epoch_start(self) -> None:
         if self._cluster_stats:
-            self.log_dict(self._cluster_stats, rank_zero_only=False)
+            self.log_dict(self._cluster_stats, sync_dist=True)  # equal on every process
 
     def on_train_epoch_end(self) -> None:
         # the clusters for the next epoch (computed now so the sampler sees them when the epoch starts)
@@ -207,8 +207,8 @@ class DeepCluster(SSLMethod):
         labels = gather_rows(torch.cat([y for _, y in self._eval_features]))
         self._eval_features = []
         scores = clustering_scores(features, labels, self.num_classes, self.eval_pca_dim, self.eval_whiten)
-        # every process holds the same gathered features and rank 0's clustering: no reduction needed
-        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=True, rank_zero_only=False)
+        # every process holds the same gathered features and rank 0's clustering (sync_dist averages equal values)
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_end(self):
         super().on_validation_epoch_end()

@@ -22,6 +22,17 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # tiny nets; no thread spin-waits on a busy machine
+
+
 def test_frechet_distance_matches_the_gaussian_formula():
     rng = np.random.default_rng(0)
     a = rng.normal([0.0, 0.0], [1.0, 1.0], size=(40_000, 2))
@@ -89,7 +100,7 @@ def test_ema_holds_the_network_only():
 def test_run_bf16_then_sample_only(cli, tmp_path):
     run, cache = tmp_path / "train", tmp_path / "cache"
     cli(*TINY, "amp=bf16", "trainer.max_epochs=2", "model.evaluation.samplers=[ddim,ancestral]",
-        f"model.evaluation.cache_dir={cache}", run_dir=run)
+        f"model.evaluation.cache_dir={cache}", run_dir=run, env=ONE_THREAD)
     res = read_results(run)
     m = res["metrics"]
     assert res["status"] == "completed"
@@ -105,11 +116,11 @@ def test_run_bf16_then_sample_only(cli, tmp_path):
 
     out = tmp_path / "sample"
     cli(*TINY, "train=false", f"ckpt_path={ckpt}", "model.sample_only=true", "model.num_samples=12",
-        "model.sampling.method=ancestral", run_dir=out)
+        "model.sampling.method=ancestral", run_dir=out, env=ONE_THREAD)
     with np.load(out / "samples" / "samples.npz") as z:
         images = z["images"]
     assert images.shape == (12, 1, 8, 8) and images.dtype == np.uint8
     assert (out / "samples" / "grid.png").is_file() and not (out / "fid.json").exists()
 
-    bad = cli(*TINY, "model.sample_only=true", run_dir=tmp_path / "bad", check=False)
+    bad = cli(*TINY, "model.sample_only=true", run_dir=tmp_path / "bad", check=False, env=ONE_THREAD)
     assert bad.returncode != 0 and "train=false" in bad.stderr + bad.stdout

@@ -58,3 +58,14 @@ def test_deepcluster_runs_saves_clusters_and_resumes(cli, tmp_path):
     assert "train/nmi_prev_epoch" in resumed
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 2 and state["deepcluster"]["clusterings"] == 3
+
+
+def test_sobel_option_feeds_two_channels_to_the_backbone():
+    from functools import partial
+
+    from lightning_modules.deepcluster import DeepCluster
+
+    model = DeepCluster({"name": "lenet"}, num_classes=10, in_chans=3, optimizer=partial(torch.optim.Adam), sobel=True,
+                        num_clusters=7)
+    assert model.backbone.stages[0][0].in_channels == 2
+    assert model.features(torch.randn(2, 3, 28, 28)).shape == (2, 500) and model.head.out_features == 7

@@ -75,14 +75,21 @@ def test_bad_schedule_is_a_clear_error():
         PseudoLabel({"name": "lenet"}, 10, 1, optimizer=None, t1=5, t2=5)
 
 
-def test_pseudolabel_runs_end_to_end_and_baseline_is_one_flag_away(cli, tmp_path):
-    common = ["model=pseudolabel", "data=digits", "debug=smoke", "model.t1=0", "model.t2=1",
-              "model.datamodule.num_labels=50", "callbacks.progress_bar=null"]
-    cli(*common, run_dir=tmp_path / "pl")
-    metrics = read_results(tmp_path / "pl")["metrics"]
-    for key in ("test/acc", "train/alpha", "train/accepted", "val/pseudo_acc", "val/acc"):
+def test_supervised_only_baseline_is_one_flag_away():
+    """model.alpha_f=0: alpha(t) = 0 throughout and the unlabeled images are never even forwarded."""
+    torch.manual_seed(0)
+    model = PseudoLabel({"name": "lenet"}, num_classes=10, in_chans=1, optimizer=None, t1=0, t2=1, alpha_f=0.0)
+    model.log = lambda *a, **k: None
+    model.metrics.log_step = lambda module, stage, logits, y, prefix="": torch.nn.functional.cross_entropy(logits, y)
+    assert model.alpha(10**6) == 0.0
+    batch = {"labeled": (torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])), "unlabeled": None}
+    assert torch.isfinite(model.training_step(batch, 0))
+
+
+def test_pseudolabel_runs_end_to_end(cli, tmp_path):
+    cli("model=pseudolabel", "data=digits", "debug=smoke", "model.t1=0", "model.t2=1", "model.datamodule.num_labels=50",
+        "callbacks.progress_bar=null", run_dir=tmp_path)
+    metrics = read_results(tmp_path)["metrics"]
+    for key in ("test/acc", "train/alpha", "train/accepted", "train/unlabeled_loss", "val/pseudo_acc", "val/acc"):
         assert key in metrics, key
     assert metrics["train/alpha"] > 0
-    cli(*common, "model.alpha_f=0", run_dir=tmp_path / "sup")
-    baseline = read_results(tmp_path / "sup")["metrics"]
-    assert baseline["train/alpha"] == 0 and "train/unlabeled_loss" not in baseline and "test/acc" in baseline

@@ -27,3 +27,23 @@ def test_rotation_single_process_writes_metrics_and_tsne(tmp_path):
     res = read_results(tmp_path)
     assert 0.0 <= res["metrics"]["test/knn_acc"] <= 1.0 and "test/linear_acc" in res["metrics"]
     assert (tmp_path / "tsne_test.png").is_file()
+
+
+@pytest.mark.parametrize("preset", [f"{m}_{d}" for m in ("simclr", "moco", "rotation") for d in ("cifar10", "stl10", "mnist")])
+def test_presets_compose_and_build(preset, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class, instantiate
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT
+
+    monkeypatch.setenv("TRANSFERLAB_ROOT", str(ROOT))
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("config", overrides=[f"experiment={preset}"])
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    assert get_class(model["datamodule"]["_target_"]).__name__ == "MultiViewDataModule"
+    if preset.endswith("stl10"):  # same modules as cifar10 with a bigger ImageNet ResNet: composing is enough
+        return
+    kwargs = {k: v for k, v in model.items() if k not in ("datamodule", "input", "optimized_metric")}
+    module = instantiate(kwargs, num_classes=10, in_chans=3, _convert_="partial")
+    assert module.online.probe.fc.out_features == 10

@@ -24,9 +24,13 @@ from torch import nn
 from datamodules.errors import ConfigError
 
 ENCODER_FORMAT = "transferlab-encoder"
-# Module prefixes of the only non-tensor globals a project .ckpt may contain (its optimizer and
-# scheduler partials); see `load_checkpoint_file`.
-_CONFIG_GLOBAL_PREFIXES = ("torch.optim.", "hydra._internal.target_policy.", "functools.partial")
+# The only non-tensor globals a project .ckpt may contain: its optimizer and scheduler partials, and
+# numpy arrays/scalars of callback states (RNG states); see `load_checkpoint_file`.
+_CONFIG_GLOBAL_PREFIXES = (
+    "torch.optim.", "hydra._internal.target_policy.", "functools.partial",
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar", "numpy.ndarray", "numpy.dtype", "numpy.dtypes.",
+)
 # Backbone options of a .ckpt's hyper-parameters that are load-time switches, not architecture.
 _LOAD_OPTIONS = ("name", "pretrained", "pretrained_file", "checkpoint")
 
@@ -72,11 +76,17 @@ def load_checkpoint_file(path, option: str = "model.backbone.checkpoint"):
             unsafe = None
         if not unsafe or not all(name.startswith(_CONFIG_GLOBAL_PREFIXES) for name in unsafe):
             raise ConfigError(
-                f"{option}={path}: not loadable with weights_only=True ({str(err).splitlines()[-1][:300]}); "
+                f"{option}={path}: not loadable with weights_only=True (it holds Python objects: "
+                f"{', '.join(unsafe) if unsafe else str(err).splitlines()[0][:300]}); "
                 f"expected an encoder.pt, a Lightning .ckpt of this project or a state dict"
             ) from err
         try:
-            with torch.serialization.safe_globals([_import(name) for name in unsafe]):
+            allowed = [_import(name) for name in unsafe]
+            if any(name.startswith("numpy.") for name in unsafe):  # numpy rebuilds arrays from dtype classes
+                import numpy as np
+
+                allowed += list({type(np.dtype(t)) for t in set(np.sctypeDict.values())})
+            with torch.serialization.safe_globals(allowed):
                 return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err2:
             raise ConfigError(f"{option}={path}: cannot be read as a torch checkpoint ({err2})") from err2
