@@ -21,12 +21,13 @@ import hydra  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.errors import InstantiationException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from hydra.utils import get_class, instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
-from datamodules.errors import ConfigError  # noqa: E402
+from datamodules.errors import ConfigError, DataFormatError, DataNotFoundError  # noqa: E402
 from lightning_modules.callbacks import FaultTolerance, is_interrupt  # noqa: E402
 from lightning_modules.components.encoder_io import save_encoder  # noqa: E402
 from lightning_modules.runtime import (  # noqa: E402
@@ -112,7 +113,13 @@ def build_module(cfg: DictConfig, data_info: dict) -> pl.LightningModule:
     module_cfg = {k: v for k, v in model.items() if k not in RUNNER_KEYS}
     accepted = inspect.signature(get_class(module_cfg["_target_"]).__init__).parameters
     extra = {k: v for k, v in data_info.items() if k in accepted and k not in module_cfg}
-    return instantiate(module_cfg, **extra, _convert_="partial")
+    try:
+        return instantiate(module_cfg, **extra, _convert_="partial")
+    except InstantiationException as err:
+        # Hydra wraps constructor errors; surface ours (they name the option) as they are.
+        if isinstance(err.__cause__, (ConfigError, DataFormatError, DataNotFoundError)):
+            raise err.__cause__ from None
+        raise
 
 
 def build_all(cfg: DictConfig, group: str) -> list:
@@ -154,9 +161,9 @@ def prepare_wandb(cfg: DictConfig) -> None:
     elif id_file.is_file():
         run_id = id_file.read_text().strip()
     else:
-        import wandb
+        import uuid
 
-        run_id = wandb.util.generate_id()
+        run_id = uuid.uuid4().hex[:8]
     if is_rank_zero():
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id + "\n")

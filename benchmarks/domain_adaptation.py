@@ -33,6 +33,7 @@ import torch  # noqa: E402
 METHODS = ["source_only", "dann", "adda", "drcn", "dan", "coral", "target_oracle"]
 PAIRS = ["digits", "mnist_usps", "usps_mnist"]
 RESULTS = ROOT / "benchmarks" / "results"
+NOTES = "## Notes"
 # Target accuracy (%) reported in the papers, ADDA protocol (Tzeng et al. 2017, Table 2; DANN as
 # run there; DRCN from Ghifary et al. 2016, Table 3).
 PAPER = {
@@ -74,8 +75,9 @@ def run_one(method: str, pair: str, seed: int, args, out_dir: Path) -> dict:
 def mean_std(values: list[float]) -> str:
     if not values:
         return "—"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+    if len(values) == 1:
+        return f"{values[0]:.1f} (1 seed)"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def report(rows: list[dict]) -> str:
@@ -145,7 +147,11 @@ def main() -> None:
                                      if (r["method"], r["pair"], r["seed"]) != (method, pair, seed)] + [row]
                     args.json.parent.mkdir(parents=True, exist_ok=True)
                     args.json.write_text(json.dumps(store, indent=1) + "\n")
-    (RESULTS / "domain_adaptation.md").write_text(report(store["rows"]) + "\n")
+    # hand-written analysis below "## Notes" survives regeneration
+    md = RESULTS / "domain_adaptation.md"
+    old = md.read_text() if md.is_file() else ""
+    notes = old[old.index(NOTES):] if NOTES in old else ""
+    md.write_text(report(store["rows"]) + "\n" + notes)
 
 
 if __name__ == "__main__":

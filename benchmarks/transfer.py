@@ -189,7 +189,8 @@ def write_table(args, source: dict, acc: dict, distill: dict, wall: float) -> No
         f"Command: `{cmd.strip()}`  ",
         f"Machine: 2-core CPU, no GPU ({platform.processor() or platform.machine()}, shared with other jobs; "
         f"1 thread per run, {args.workers} runs at a time)  ",
-        f"Date: {datetime.date.today().isoformat()}; wall time {wall / 60:.0f} min  ",
+        f"Date: {datetime.date.today().isoformat()}; wall time of this invocation {wall / 60:.0f} min "
+        "(finished runs are reused, so a resumed benchmark reports only its last part)  ",
         f"Seeds: {seeds} (test accuracy in %, mean ± std over seeds)",
         "",
         f"Source: LeNet (`model=supervised`) on USPS train (28x28), {args.source_epochs} epochs: "
@@ -229,8 +230,9 @@ def write_table(args, source: dict, acc: dict, distill: dict, wall: float) -> No
         lines += [f"| {name} | {mean_std(values)} |" for name, values in rows]
         lines += [""] + [f"Distillation gain over the student alone, T={kd[0]:g}, alpha={kd[1]:g}: {gain:+.1f} points "
                          f"(mean of {len(args.seeds)} seeds)." for kd, gain in gains.items()]
-    lines += ["", "Per-run results: `" + str(args.runs_dir.relative_to(ROOT) if args.runs_dir.is_relative_to(ROOT)
-                                           else args.runs_dir) + "/<row>/<labels>/seed<k>/results.json`.", ""]
+    runs = args.runs_dir.relative_to(ROOT) if args.runs_dir.is_relative_to(ROOT) else args.runs_dir
+    lines += ["", f"Per-run results: `{runs}/steps{args.steps}/<row>/<labels>/seed<k>/results.json` "
+                  f"(source: `{runs}/source/usps/seed0`).", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))

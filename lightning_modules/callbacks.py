@@ -7,7 +7,7 @@
   checkpoint stores the global RNG states at the start of the epoch and at the interruption, and
   the resumed run re-draws the same shuffle, skips the batches already trained on, and restores the
   RNG, so an interrupted-then-resumed run ends where an uninterrupted one does (with
-  `deterministic=true`). Random draws made while *loading* a batch (per-sample augmentation in the
+  `deterministic=true`); a resume from an epoch-end checkpoint continues the RNG stream too. Random draws made while *loading* a batch (per-sample augmentation in the
   DataLoader) are not replayed; other loaders resume like Lightning does by default.
 
 `SignalAtStep` sends a signal to the run's own process at a given training step: rehearse
@@ -58,9 +58,32 @@ def is_interrupt(exception: BaseException) -> bool:
     return isinstance(exception, (KeyboardInterrupt, SystemExit))
 
 
+def is_mid_epoch(state: dict | None) -> bool:
+    return state is not None and 0 < state["batches"] < state["epoch_batches"]
+
+
+class ReplayDataLoader(DataLoader):
+    """A DataLoader whose every pass starts from a recorded RNG state: the state is taken before the
+    iterator exists (creating it draws the workers' base seed, the sampler then draws the shuffle)."""
+
+    def __init__(self, *args, owner: "FaultTolerance", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+
+    def __iter__(self):
+        resume = self.owner.resume_state
+        if is_mid_epoch(resume):
+            set_rng_state(resume["epoch_rng"])  # the same shuffle as the interrupted epoch
+        elif resume is not None:  # saved at an epoch end: continue the RNG stream from there
+            set_rng_state(resume["rng"])
+            self.owner.resume_state = None
+        self.owner.epoch_rng = rng_state()
+        return super().__iter__()
+
+
 class ReplayBatchSampler:
-    """Wraps a DataLoader's batch sampler: records the RNG at the start of every pass (where the
-    shuffle is drawn) and, on a mid-epoch resume, replays that draw and skips the trained batches."""
+    """On a mid-epoch resume, skips the batches trained before the interruption, then restores the RNG
+    as it was at the interruption."""
 
     def __init__(self, batch_sampler, owner: "FaultTolerance"):
         self.batch_sampler, self.owner = batch_sampler, owner
@@ -69,20 +92,14 @@ class ReplayBatchSampler:
         return len(self.batch_sampler)
 
     def __iter__(self):
-        resume, self.owner.resume_state = self.owner.resume_state, None
-        if resume is not None and 0 < resume["batches"] < resume["epoch_batches"]:
-            set_rng_state(resume["epoch_rng"])  # the same shuffle as the interrupted epoch
-            self.owner.epoch_rng = resume["epoch_rng"]
-            batches = iter(self.batch_sampler)
+        batches = iter(self.batch_sampler)
+        resume = self.owner.resume_state
+        if is_mid_epoch(resume):
+            self.owner.resume_state = None
             for _ in itertools.islice(batches, resume["batches"]):  # already trained on
                 pass
             set_rng_state(resume["rng"])
             log.info("resuming mid-epoch: skipped the %d batches trained before the interruption", resume["batches"])
-        else:
-            if resume is not None:
-                set_rng_state(resume["rng"])
-            self.owner.epoch_rng = rng_state()
-            batches = iter(self.batch_sampler)
         yield from batches
 
 
@@ -115,8 +132,8 @@ class FaultTolerance(pl.Callback):
     def replayable(self, loader):
         if type(loader) is not DataLoader or type(loader.batch_sampler) is not BatchSampler:
             return loader  # custom loaders: Lightning's default (approximate) mid-epoch resume
-        return DataLoader(
-            loader.dataset, batch_sampler=ReplayBatchSampler(loader.batch_sampler, self),
+        return ReplayDataLoader(
+            loader.dataset, owner=self, batch_sampler=ReplayBatchSampler(loader.batch_sampler, self),
             num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
             timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
             prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers,

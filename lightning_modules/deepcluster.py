@@ -103,7 +103,6 @@ class DeepCluster(SSLMethod):
         self.previous_assignments: torch.Tensor | None = None
         self.clusterings = 0
         self.clusters_for_epoch = -1  # the epoch that trains on self.assignments
-        self._loaded_fresh_clusters = False
         self._start_epoch = 0
         self._cluster_stats: dict[str, float] = {}
         self._eval_features: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -135,9 +134,9 @@ class DeepCluster(SSLMethod):
                                     **self.kmeans_options)  # step 3
         assignments = torch.empty_like(result.assignments)
         assignments[index] = result.assignments  # back to dataset order
+        self.clusters_for_epoch = for_epoch
         self.set_clusters(assignments, result.centroids)
         self.clusterings += 1
-        self.clusters_for_epoch = for_epoch
         self.reset_head()
 
     def set_clusters(self, assignments: torch.Tensor, centroids: torch.Tensor) -> None:
@@ -152,7 +151,7 @@ class DeepCluster(SSLMethod):
             nmi = normalized_mutual_info_score(self.previous_assignments.cpu().numpy(), self.assignments.cpu().numpy())
             self._cluster_stats["train/nmi_prev_epoch"] = float(nmi)  # Fig. 2(b)
         if self.trainer.is_global_zero:
-            save_cluster_sizes(sizes, Path(self.trainer.default_root_dir) / "cluster_sizes.png", self.current_epoch)
+            save_cluster_sizes(sizes, Path(self.trainer.default_root_dir) / "cluster_sizes.png", self.clusters_for_epoch)
 
     def reset_head(self) -> None:
         """A new classifier for the new clusters (and no optimizer state left from the old one)."""
@@ -162,23 +161,22 @@ class DeepCluster(SSLMethod):
                 optimizer.state.pop(p, None)
 
     def on_fit_start(self) -> None:
-        if not self.train_encoder:
-            return
-        if self.assignments is not None:  # resumed: the checkpoint's clusters
-            self.assignments, self.centroids = self.assignments.to(self.device), self.centroids.to(self.device)
-        if self._loaded_fresh_clusters:  # made for the epoch the run resumes at: train on them
-            self.trainer.datamodule.set_assignments(self.assignments.cpu().numpy())
-        else:  # a new run, or a checkpoint taken before its epoch's reclustering (then NMI vs the saved ones)
+        # Epoch 0's first batch is fetched before on_train_epoch_start, so its clusters are made here.
+        # A resumed run clusters again (DeepCluster reclusters every epoch); `train/nmi_prev_epoch`
+        # then compares with the clusters saved in the checkpoint.
+        if self.train_encoder:
+            if self.assignments is not None:
+                self.assignments, self.centroids = self.assignments.to(self.device), self.centroids.to(self.device)
             self.recluster(self._start_epoch)
 
     def on_train_epoch_start(self) -> None:
+        # Recluster at the start of each later epoch, before its sampler is iterated. Not in
+        # on_train_epoch_end: a progress bar syncing torchmetrics on rank 0 only would interleave
+        # with the all_gather under DDP and deadlock.
+        if self.train_encoder and self.clusters_for_epoch != self.current_epoch:
+            self.recluster(self.current_epoch)
         if self._cluster_stats:
             self.log_dict(self._cluster_stats, sync_dist=True)  # equal on every process
-
-    def on_train_epoch_end(self) -> None:
-        # the clusters for the next epoch (computed now so the sampler sees them when the epoch starts)
-        if self.train_encoder and self.current_epoch + 1 < self.trainer.max_epochs:
-            self.recluster(self.current_epoch + 1)
 
     # ---- step 4: predict the cluster ids ------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -229,6 +227,4 @@ class DeepCluster(SSLMethod):
         if state is not None:
             self.assignments, self.centroids = state["assignments"], state["centroids"]
             self.clusterings, self.clusters_for_epoch = state["clusterings"], state["for_epoch"]
-            # saved at the end of epoch e after reclustering for e + 1 (fresh), or before it (stale)
-            self._loaded_fresh_clusters = state["for_epoch"] > checkpoint.get("epoch", 0)
             self._start_epoch = checkpoint.get("epoch", 0) + 1

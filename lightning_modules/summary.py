@@ -53,7 +53,10 @@ def job_number(path: Path) -> tuple:
 def read_job(job_dir: Path) -> Job:
     results = job_dir / RESULTS_FILE
     if results.is_file():
-        data = json.loads(results.read_text())
+        try:
+            data = json.loads(results.read_text())
+        except (OSError, ValueError) as err:
+            return Job(job_dir, [], "incomplete", error=f"unreadable {RESULTS_FILE}: {err}")
         return Job(job_dir, list(data.get("overrides") or []), data.get("status", "completed"),
                    {k: float(v) for k, v in (data.get("metrics") or {}).items()}, data.get("wall_time_s"),
                    data.get("error"), data.get("optimized_metric"))

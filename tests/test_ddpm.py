@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -112,7 +113,8 @@ def test_run_bf16_then_sample_only(cli, tmp_path):
     assert report["samplers"]["ddim"]["num_samples"] == 40 and report["samplers"]["ancestral"]["num_samples"] == 20
     assert (run / "samples" / "epoch_001.png").is_file() and (run / "samples" / "epoch_002.png").is_file()
     assert (run / "samples" / "test_ancestral.png").is_file() and (run / "fid.json").is_file()
-    ckpt = next(run.rglob("*.ckpt"))
+    ckpt = tmp_path / "ddpm.ckpt"  # Lightning's default name has "=" in it, which Hydra overrides would need quoted
+    shutil.copyfile(next(run.rglob("*.ckpt")), ckpt)
 
     out = tmp_path / "sample"
     cli(*TINY, "train=false", f"ckpt_path={ckpt}", "model.sample_only=true", "model.num_samples=12",

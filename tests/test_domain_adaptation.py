@@ -144,7 +144,7 @@ def test_generic_imagefolder_pair_from_the_command_line(cli, tmp_path):
 @pytest.mark.parametrize("method", ["dann", "adda"])
 def test_ddp_cpu_runs_to_completion(method, cli, tmp_path):
     cli(f"model={method}", "data=digits_to_digits_m", "trainer=ddp_cpu", *TINY, "model.tsne=false",
-        "trainer.max_epochs=2", "data.steps_per_epoch=2", run_dir=tmp_path, timeout=300)
+        "trainer.max_epochs=2", "data.steps_per_epoch=2", run_dir=tmp_path, timeout=900)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["config"]["trainer"]["devices"] == 2

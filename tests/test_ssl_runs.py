@@ -42,7 +42,7 @@ def test_presets_compose_and_build(preset, monkeypatch):
         cfg = compose("config", overrides=[f"experiment={preset}"])
     model = OmegaConf.to_container(cfg.model, resolve=True)
     assert get_class(model["datamodule"]["_target_"]).__name__ == "MultiViewDataModule"
-    if preset.endswith("stl10"):  # same modules as cifar10 with a bigger ImageNet ResNet: composing is enough
+    if not preset.endswith("mnist"):  # GPU presets: ResNets are slow to build on a shared CPU; composing is enough
         return
     kwargs = {k: v for k, v in model.items() if k not in ("datamodule", "input", "optimized_metric")}
     module = instantiate(kwargs, num_classes=10, in_chans=3, _convert_="partial")

@@ -1,7 +1,7 @@
 """Self-supervised benchmark: SimCLR, MoCo v2 and rotation prediction against a random-init encoder.
 
-    python benchmarks/ssl.py                       # everything (MNIST 3 seeds, digits_m 1 seed)
-    python benchmarks/ssl.py --datasets mnist --seeds 0 --methods simclr --jobs 2
+    python benchmarks/self_supervised.py                       # everything (MNIST 3 seeds, digits_m 1 seed)
+    python benchmarks/self_supervised.py --datasets mnist --seeds 0 --methods simclr --jobs 2
 
 MNIST = ../shared/data/mnist_test.npz split 8,000 unlabeled train / 2,000 test (the
 `<method>_mnist` presets); digits_m = the embedded colour digits (1,257 train / 360 test).
@@ -128,7 +128,7 @@ def main() -> None:
     report = Path(args.report)
     header = report.read_text().split("<!-- table -->")[0] if report.is_file() else "# Self-supervised learning\n\n"
     report.write_text(f"{header}<!-- table -->\n{table}\n\nGenerated {datetime.date.today()} by "
-                      f"`python benchmarks/ssl.py`; machine: 2-core CPU, no GPU (shared with other jobs).\n")
+                      f"`python benchmarks/self_supervised.py`; machine: 2-core CPU, no GPU (shared with other jobs).\n")
 
 
 if __name__ == "__main__":
