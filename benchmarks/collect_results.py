@@ -14,6 +14,11 @@ ORDER = ["supervised", "transfer", "ssl", "domain_adaptation", "clustering", "ps
          "ddpm", "operations", "throughput"]
 
 
+def demote_title(text: str) -> str:
+    """Each part's own '# Title' becomes a '## ' section of RESULTS.md."""
+    return "#" + text if text.startswith("# ") else text
+
+
 def main() -> None:
     parts = sorted((HERE / "results").glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
     header = [
@@ -24,7 +29,7 @@ def main() -> None:
         "`benchmarks/results/*.md`; rerun a benchmark script, then this, to update it.",
         "",
     ]
-    body = [p.read_text().strip() + "\n" for p in parts]
+    body = [demote_title(p.read_text().strip()) + "\n" for p in parts]
     (HERE / "RESULTS.md").write_text("\n".join(header) + "\n" + "\n---\n\n".join(body))
     print(f"wrote {HERE / 'RESULTS.md'} from {[p.name for p in parts]}")
 

@@ -15,6 +15,11 @@ from datamodules.errors import ConfigError, DataFormatError
 GROUPS = ["model", "data", "trainer", "amp", "logger", "callbacks", "paths", "experiment", "debug"]
 # Data configs that need nothing from the network or the user's disk.
 OFFLINE_DATA = {"single": ["digits", "digits_m"], "pair": ["digits_to_digits_m"]}
+# Keep each smoke fit to seconds: methods whose test phase samples or clusters get smaller settings.
+SMOKE = {
+    "ddpm": ["model.input.image_size=16", "model.evaluation.num_samples=32", "model.evaluation.classifier.epochs=1",
+             "model.sampling.ddim_steps=5", "model.grid.num_images=4", "model.diffusion.timesteps=50"],
+}
 
 
 def options(group: str) -> list[str]:
@@ -42,10 +47,22 @@ def invalid_pairs():
             for d in datas[:1]]
 
 
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A supervised LeNet on digits, whose encoder.pt (with its head) is distill's teacher."""
+    run_dir = tmp_path_factory.mktemp("teacher")
+    for data in ("digits", "digits_m"):
+        train_in_process(f"data={data}", "debug=smoke", "callbacks=none", run_dir=run_dir / data)
+    return run_dir
+
+
 @pytest.mark.parametrize("model,data", valid_pairs())
-def test_smoke_fit_of_every_valid_model_data_pair(tmp_path, model, data):
+def test_smoke_fit_of_every_valid_model_data_pair(tmp_path, model, data, request):
+    extra = list(SMOKE.get(model, []))
+    if model == "distill":
+        extra.append(f"model.teacher.checkpoint={request.getfixturevalue('teacher_run') / data / 'encoder.pt'}")
     metrics, _ = train_in_process(f"model={model}", f"data={data}", "debug=smoke", "callbacks=none",
-                                  run_dir=tmp_path)
+                                  *extra, run_dir=tmp_path)
     assert any(k.startswith("test/") for k in metrics), metrics
     results = read_results(tmp_path)
     assert results["status"] == "completed"
