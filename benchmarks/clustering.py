@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# the repository root instead of this folder, whose scripts (e.g. ssl.py) would shadow stdlib modules
+# the repository root instead of this folder, whose scripts would shadow stdlib modules
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# benchmarks/ holds scripts named like modules (e.g. ssl.py) that would shadow the standard library for torch.
+# benchmarks/ holds scripts named like modules that would shadow the standard library for torch.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 PRESETS = {"ddpm_digits": "digits", "ddpm_mnist": "mnist"}
 

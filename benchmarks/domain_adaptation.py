@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# `python benchmarks/x.py` puts benchmarks/ first on sys.path, where a sibling (ssl.py) would
+# `python benchmarks/x.py` puts benchmarks/ first on sys.path, where a sibling would
 # shadow the standard library: import from the repository root instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 os.environ.setdefault("TRANSFERLAB_ROOT", str(ROOT))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# benchmarks/ holds scripts named like stdlib modules (ssl.py); keep it off the import path.
+# benchmarks/ holds scripts named like stdlib modules; keep it off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
