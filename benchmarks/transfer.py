@@ -1,7 +1,8 @@
 """Transfer-learning benchmark: the course's strategy table made empirical on real digits.
 
 Source task: USPS (`../shared/data/usps_train.npz`, 16x16 resized to 28x28): LeNet trained with
-`model=supervised`; its run dir's `encoder.pt` is the pretrained backbone.
+`experiment=finetune_source_usps` (random zoom-out and shift per image); its `encoder.pt` is the
+pretrained backbone.
 Target task: MNIST (`../shared/data/mnist_test.npz`, fixed stratified split seed 0: 7,000 train /
 1,000 val / 2,000 test) with 100, 1,000 and all training labels (class-balanced subset,
 `model.datamodule.num_labels`, label_seed 0).
@@ -114,7 +115,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", nargs="+", default=["100", "1000", "all"])
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per target run")
-    parser.add_argument("--source-epochs", type=int, default=5)
+    parser.add_argument("--source-epochs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2, help="run.py processes at a time (1 thread each)")
     parser.add_argument("--no-distill", action="store_true")
     parser.add_argument("--kd", nargs="+", default=["4,0.9", "2,0.5"], help="distillation settings 'T,alpha'")
@@ -128,10 +129,9 @@ def main() -> None:
 
     # 1. source task: LeNet on USPS (28x28); its encoder.pt is what every target run starts from
     runs = args.runs_dir
-    source_dir = run_dir(runs, "source", "usps", "seed0")
-    sweep_missing(runs, {(None, 0): source_dir},
-                  ["model=supervised", "data=npz", f"data.dataset.path={DATA / 'usps_train.npz'}", "data.image_size=28",
-                   "data.batch_size=64", f"trainer.max_epochs={args.source_epochs}"], "source/usps/seed${seed}", None)
+    source_dir = run_dir(runs, "source", "usps_zoom", "seed0")
+    sweep_missing(runs, {(None, 0): source_dir}, ["experiment=finetune_source_usps", f"trainer.max_epochs={args.source_epochs}"],
+                  "source/usps_zoom/seed${seed}", None)
     source = completed(source_dir)
     encoder = source_dir / "encoder.pt"
 
@@ -193,7 +193,8 @@ def write_table(args, source: dict, acc: dict, distill: dict, wall: float) -> No
         "(finished runs are reused, so a resumed benchmark reports only its last part)  ",
         f"Seeds: {seeds} (test accuracy in %, mean ± std over seeds)",
         "",
-        f"Source: LeNet (`model=supervised`) on USPS train (28x28), {args.source_epochs} epochs: "
+        f"Source: LeNet (`experiment=finetune_source_usps`: `model=supervised`, random zoom-out 0.6-1 and shift "
+        f"0.08 per image) on USPS train (28x28), {args.source_epochs} epochs: "
         f"test/acc {100 * source['metrics']['test/acc']:.1f}% on its held-out USPS split. "
         "Target: MNIST from `mnist_test.npz` (fixed split: 7,000 train / 1,000 val / 2,000 test), "
         f"about {args.steps} optimizer steps per run (batch 64, 50 for 100 labels), Adam lr 1e-3, cosine; "
@@ -232,7 +233,7 @@ def write_table(args, source: dict, acc: dict, distill: dict, wall: float) -> No
                          f"(mean of {len(args.seeds)} seeds)." for kd, gain in gains.items()]
     runs = args.runs_dir.relative_to(ROOT) if args.runs_dir.is_relative_to(ROOT) else args.runs_dir
     lines += ["", f"Per-run results: `{runs}/steps{args.steps}/<row>/<labels>/seed<k>/results.json` "
-                  f"(source: `{runs}/source/usps/seed0`).", ""]
+                  f"(source: `{runs}/source/usps_zoom/seed0`).", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import ConfigError
@@ -23,7 +24,7 @@ class BaseDataModule(pl.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         persistent_workers: bool = False,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
@@ -39,9 +40,27 @@ class BaseDataModule(pl.LightningDataModule):
         self.image_size, self.channels = image_size, channels
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.num_workers, self.pin_memory_option = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+
+    @property
+    def pin_memory(self) -> bool:
+        """data.pin_memory; null (default) = pinned exactly when the trainer runs on a CUDA GPU."""
+        if self.pin_memory_option is not None:
+            return bool(self.pin_memory_option)
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and type(trainer.accelerator).__name__ == "CUDAAccelerator"
+
+    def device_generator(self, device: torch.device) -> torch.Generator:
+        """A generator on `device` for augmentation draws, seeded from the run seed and, under DDP,
+        the process rank so that each process draws its own parameters (seed_everything gives all
+        ranks one seed)."""
+        if getattr(self, "_device_generator", None) is None or self._device_generator.device != device:
+            trainer = getattr(self, "trainer", None)
+            rank = trainer.global_rank if trainer is not None else 0
+            self._device_generator = torch.Generator(device=device).manual_seed(torch.initial_seed() + 1_000_003 * rank)
+        return self._device_generator
 
     def split_options(self) -> dict:
         return dict(

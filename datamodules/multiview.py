@@ -35,6 +35,11 @@ class RawImages(Dataset):
     def __getitem__(self, i):
         return self.images[i], self.labels[i]
 
+    def __getitems__(self, indices: list[int]) -> list:
+        """A DataLoader batch in one gather (the same items as `[self[i] for i in indices]`)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.images[idx].unbind(0), self.labels[idx].unbind(0)))
+
 
 class ViewsDataset(Dataset):
     """`n_views` random views of each item of a `(x in [-1, 1], y)` dataset, per sample."""
@@ -61,7 +66,6 @@ class MultiViewDataModule(LabeledDataModule):
         self.knn_bank_size = knn_bank_size
         self.backend: str | None = None
         self.augmenter: ViewAugmenter | None = None
-        self._generator: torch.Generator | None = None
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
@@ -110,8 +114,5 @@ class MultiViewDataModule(LabeledDataModule):
         x, y = batch
         if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8):
             return batch
-        if self._generator is None or self._generator.device != x.device:
-            # each DDP process draws its own parameters (seed_everything gives all ranks one seed)
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            self._generator = torch.Generator(device=x.device).manual_seed(torch.initial_seed() + 1_000_003 * rank)
-        return [self.augmenter.batch(x, self._generator) for _ in range(self.n_views)], y
+        generator = self.device_generator(x.device)
+        return [self.augmenter.batch(x, generator) for _ in range(self.n_views)], y
