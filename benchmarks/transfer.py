@@ -118,7 +118,11 @@ def main() -> None:
     parser.add_argument("--source-epochs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2, help="run.py processes at a time (1 thread each)")
     parser.add_argument("--no-distill", action="store_true")
-    parser.add_argument("--kd", nargs="+", default=["4,0.9", "2,0.5"], help="distillation settings 'T,alpha'")
+    parser.add_argument("--distill-steps", type=int, default=600, help="optimizer steps of every student run")
+    parser.add_argument("--kd", nargs="+", default=["4,0.9", "1,0.5"],
+                        help="distillation settings 'T,alpha' with the unlabeled images in the transfer set")
+    parser.add_argument("--kd-labeled-only", nargs="*", default=["4,0.9"],
+                        help="distillation settings 'T,alpha' with the labeled images only as transfer set")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "benchmarks" / "transfer")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer.md")
     args = parser.parse_args()
@@ -156,26 +160,35 @@ def main() -> None:
             future.result()
     acc = {key: completed(where)["metrics"]["test/acc"] for key, where in dirs.items()}
 
-    # 3. distillation on 1,000 labels: teacher = the `full` LeNet of the same seed (its last.ckpt)
+    # 3. distillation on 1,000 labels: teacher = the `full` LeNet of the same seed (its last.ckpt); every
+    #    student row gets about `--distill-steps` optimizer steps
     distill = {}
     if not args.no_distill and "1000" in args.budgets:
-        base = target_overrides("1000", args.steps)
         student = [f"++{o}" for o in STUDENT]
+        teacher = f"model.teacher.checkpoint='{runs}/full/1000/seed${{seed}}/checkpoints/last.ckpt'"
         alone = {(None, seed): run_dir(runs, "student_alone", "1000", f"seed{seed}") for seed in args.seeds}
-        settings = [tuple(float(v) for v in kd.split(",")) for kd in args.kd]
-        distilled = {(kd, seed): run_dir(runs, f"student_distilled_T{kd[0]:g}_a{kd[1]:g}", "1000", f"seed{seed}")
-                     for kd in settings for seed in args.seeds}
-        teacher = f"{runs}/full/1000/seed${{seed}}/checkpoints/last.ckpt"
-        groups = [(alone, ["model=supervised", *student, *base], "student_alone/1000/seed${seed}", None)]
-        groups += [({key: where for key, where in distilled.items() if key[0] == kd},
-                    ["model=distill", f"model.teacher.checkpoint='{teacher}'", f"model.temperature={kd[0]:g}",
-                     f"model.alpha={kd[1]:g}", *student, *base], f"student_distilled_T{kd[0]:g}_a{kd[1]:g}/1000/seed${{seed}}", None)
-                   for kd in settings]
+        groups = [(alone, ["model=supervised", *student, *target_overrides("1000", args.distill_steps)],
+                   "student_alone/1000/seed${seed}", None)]
+        # transfer set = labeled + unlabeled training images (experiment=distill_mnist): 46 steps per epoch
+        epochs = math.ceil(args.distill_steps / ((MNIST_TRAIN_SIZE - 1000) // 128))
+        rows = {("all", kd): ["experiment=distill_mnist", f"trainer.max_epochs={epochs}",
+                              f"trainer.check_val_every_n_epoch={epochs}"] for kd in args.kd}
+        # transfer set = the labeled images only (LabeledDataModule), as the plain `model=distill`
+        rows.update({("labeled", kd): ["model=distill", *student, *target_overrides("1000", args.distill_steps)]
+                     for kd in args.kd_labeled_only})
+        distilled = {}
+        for (transfer, kd), overrides in rows.items():
+            temperature, alpha = kd.split(",")
+            name = f"student_distilled_{transfer}_T{temperature}_a{alpha}"
+            where = {((transfer, kd), seed): run_dir(runs, name, "1000", f"seed{seed}") for seed in args.seeds}
+            distilled.update(where)
+            groups.append((where, [*overrides, teacher, f"model.temperature={temperature}", f"model.alpha={alpha}"],
+                           f"{name}/1000/seed${{seed}}", None))
         with ThreadPoolExecutor(args.workers) as pool:
             for future in [pool.submit(sweep_missing, runs, *group) for group in groups]:
                 future.result()
         distill = {("alone", seed): completed(where)["metrics"] for (_, seed), where in alone.items()}
-        distill.update({(kd, seed): completed(where)["metrics"] for (kd, seed), where in distilled.items()})
+        distill.update({(row, seed): completed(where)["metrics"] for (row, seed), where in distilled.items()})
 
     write_table(args, source, acc, distill, time.time() - started)
 
@@ -216,21 +229,28 @@ def write_table(args, source: dict, acc: dict, distill: dict, wall: float) -> No
         lines += ["", f"At 100 labels the best transfer strategy ({best}) beats scratch by {gain:+.1f} points "
                       f"(acceptance: >= +5)."]
     if distill:
-        settings = sorted({key[0] for key in distill if key[0] != "alone"}, reverse=True)
-        rows = [("teacher: LeNet, full fine-tuning from USPS", [distill[(settings[0], s)]["test/teacher_acc"] for s in args.seeds]),
+        settings = [key for key in dict.fromkeys(k for k, _ in distill) if key != "alone"]
+        first = settings[0]
+        where = {"all": "1,000 labeled + 6,000 unlabeled images", "labeled": "the 1,000 labeled images"}
+        rows = [("teacher: LeNet, full fine-tuning from USPS (1,000 labels, 150 steps)",
+                 [distill[(first, s)]["test/teacher_acc"] for s in args.seeds]),
                 ("student alone (small_cnn 8-16-32, `model=supervised`)", [distill[("alone", s)]["test/acc"] for s in args.seeds])]
-        rows += [(f"student distilled (`model=distill`, T={kd[0]:g}, alpha={kd[1]:g})",
-                  [distill[(kd, s)]["test/acc"] for s in args.seeds]) for kd in settings]
-        gains = {kd: 100 * statistics.mean(distill[(kd, s)]["test/acc"] - distill[("alone", s)]["test/acc"] for s in args.seeds)
-                 for kd in settings}
+        rows += [(f"student distilled, T={kd.split(',')[0]}, alpha={kd.split(',')[1]}, transfer set: {where[transfer]}",
+                  [distill[((transfer, kd), s)]["test/acc"] for s in args.seeds]) for transfer, kd in settings]
+        gains = {row: 100 * statistics.mean(distill[(row, s)]["test/acc"] - distill[("alone", s)]["test/acc"] for s in args.seeds)
+                 for row in settings}
         lines += ["", "## Knowledge distillation on 1,000 MNIST labels", "",
                   "Teacher: the `full` row's LeNet (431k parameters) of the same seed, loaded from its "
                   "`checkpoints/last.ckpt`; student: `small_cnn` with widths 8-16-32 (18k parameters); "
-                  "same labels, batch and steps.", "",
+                  f"same 1,000 labels, about {args.distill_steps} optimizer steps for every student (batch 64 labeled, "
+                  "+128 unlabeled when they are in the transfer set; Adam 1e-3, cosine). Students with the unlabeled "
+                  "images: `experiment=distill_mnist`; labeled only: `model=distill` with the same overrides as "
+                  "the student alone.", "",
                   "| model | test acc (%) |", "|---|---|"]
         lines += [f"| {name} | {mean_std(values)} |" for name, values in rows]
-        lines += [""] + [f"Distillation gain over the student alone, T={kd[0]:g}, alpha={kd[1]:g}: {gain:+.1f} points "
-                         f"(mean of {len(args.seeds)} seeds)." for kd, gain in gains.items()]
+        lines += [""] + [f"Distillation gain over the student alone, T={kd.split(',')[0]}, alpha={kd.split(',')[1]}, "
+                         f"transfer set {transfer}: {gain:+.1f} points (mean of {len(args.seeds)} seeds)."
+                         for (transfer, kd), gain in gains.items()]
     runs = args.runs_dir.relative_to(ROOT) if args.runs_dir.is_relative_to(ROOT) else args.runs_dir
     lines += ["", f"Per-run results: `{runs}/steps{args.steps}/<row>/<labels>/seed<k>/results.json` "
                   f"(source: `{runs}/source/usps_zoom/seed0`).", ""]

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import ConfigError
+from .train_augment import AffineAugment
 
 
 class BaseDataModule(pl.LightningDataModule):
@@ -29,8 +31,10 @@ class BaseDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_seed: int = 0,
+        train_augment: dict | None = None,
     ):
         super().__init__()
+        self.train_augment = AffineAugment.from_config(train_augment)
         if channels not in (None, 1, 3):
             raise ConfigError(f"data.channels={channels} is not supported; choices: 1, 3 (or null for the native count)")
         if image_size is not None and image_size < 4:
@@ -51,6 +55,20 @@ class BaseDataModule(pl.LightningDataModule):
             return bool(self.pin_memory_option)
         trainer = getattr(self, "trainer", None)
         return trainer is not None and type(trainer.accelerator).__name__ == "CUDAAccelerator"
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With `train_augment`, every training image (each float image tensor of the batch: `x` of
+        `(x, y)`, labeled and unlabeled, source and target) gets its own random affine draw."""
+        trainer = getattr(self, "trainer", None)
+        if self.train_augment is None or trainer is None or not trainer.training:
+            return batch
+
+        def augment(x: torch.Tensor) -> torch.Tensor:
+            if x.ndim != 4 or not x.is_floating_point():
+                return x  # labels, indices, uint8 images of the SSL views path
+            return self.train_augment(x, self.device_generator(x.device))
+
+        return apply_to_collection(batch, torch.Tensor, augment)
 
     def device_generator(self, device: torch.device) -> torch.Generator:
         """A generator on `device` for augmentation draws, seeded from the run seed and, under DDP,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .datasets import fetch_items
 from .multiview import MultiViewDataModule, RawImages, ViewsDataset
 
 
@@ -28,6 +29,9 @@ class WithIndex(Dataset):
 
     def __getitem__(self, i):
         return (*self.dataset[i], i)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        return [(*item, i) for item, i in zip(fetch_items(self.dataset, indices), indices)]
 
 
 class ClusterBalancedSampler(Sampler):

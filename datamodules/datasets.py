@@ -73,6 +73,12 @@ def convert_uint8(images: torch.Tensor, image_size: int | None, channels: int | 
     return torch.cat(out)
 
 
+def fetch_items(dataset: Dataset, indices: list[int]) -> list:
+    """`[dataset[i] for i in indices]`, in one call when the dataset fetches batches (`__getitems__`)."""
+    fetch = getattr(dataset, "__getitems__", None)
+    return fetch(indices) if fetch is not None else [dataset[i] for i in indices]
+
+
 def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
     return x_uint8.float().div(127.5).sub(1.0)
@@ -92,6 +98,12 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, i):
         return normalize(self.images[i]), int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A DataLoader batch in one gather and one normalisation (the DataLoader calls this instead of
+        `__getitem__` per index); the same items as `[self[i] for i in indices]`."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(normalize(self.images[idx]).unbind(0), self.labels[idx].tolist()))
 
     def subset(self, indices) -> "TensorImageDataset":
         new = object.__new__(TensorImageDataset)

@@ -2,8 +2,8 @@
 
 `num_labels` (null = all) keeps a class-balanced subset of the train split, drawn with `label_seed`
 (`datamodules.splits.class_balanced_subset`): the few-label budgets of transfer benchmarks. Val and
-test splits are untouched. `train_augment` (null = off) gives training batches a random affine
-transform on the device (`datamodules.train_augment.AffineAugment`); evaluation batches are untouched.
+test splits are untouched. `train_augment` (null = off, handled by `BaseDataModule`) gives training
+images a random affine transform on the device (`datamodules.train_augment.AffineAugment`).
 """
 from __future__ import annotations
 
@@ -13,16 +13,13 @@ from .base import BaseDataModule
 from .errors import ConfigError
 from .registry import Splits, load_dataset
 from .splits import class_balanced_subset
-from .train_augment import AffineAugment
 
 
 class LabeledDataModule(BaseDataModule):
-    def __init__(self, dataset: dict, num_labels: int | None = None, label_seed: int = 0,
-                 train_augment: dict | None = None, **loader_options):
+    def __init__(self, dataset: dict, num_labels: int | None = None, label_seed: int = 0, **loader_options):
         super().__init__(**loader_options)
         self.dataset_spec = dict(dataset)
         self.num_labels, self.label_seed = num_labels, int(label_seed)
-        self.train_augment = AffineAugment.from_config(train_augment)
         self.splits: Splits | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -47,14 +44,6 @@ class LabeledDataModule(BaseDataModule):
 
     def train_dataloader(self):
         return self.loader(self.splits.train, train=True)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """With `train_augment`, each training image `(x, y)` gets its own random affine draw."""
-        trainer = getattr(self, "trainer", None)
-        if self.train_augment is None or trainer is None or not trainer.training:
-            return batch
-        x, y = batch
-        return self.train_augment(x, self.device_generator(x.device)), y
 
     def val_dataloader(self):
         return self.loader(self.splits.val, train=False)

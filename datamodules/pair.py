@@ -16,6 +16,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .base import BaseDataModule
+from .datasets import fetch_items
 from .errors import ConfigError, DataFormatError
 from .registry import Splits, load_dataset
 
@@ -31,6 +32,10 @@ class ImagesOnly(Dataset):
 
     def __getitem__(self, i):
         return self.dataset[i][0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """Batched fetch when the wrapped dataset has one (in-memory splits), else item by item."""
+        return [x for x, _ in fetch_items(self.dataset, indices)]
 
 
 def subsample(dataset: Dataset, size: int | None, seed: int, where: str) -> Dataset:

@@ -8,7 +8,8 @@ one purpose: measuring how accurate the pseudo-labels are, through the evaluatio
 
 An epoch is one pass over the unlabeled part; the labeled part is cycled (CombinedLoader
 "max_size_cycle"), each with its own batch size. Validation loaders: [unlabeled with its hidden
-labels, val] (the val split is left out when it is empty, e.g. `val_fraction: 0`).
+labels, val] (the val split is left out when it is empty, e.g. `val_fraction: 0`; the unlabeled one
+with `unlabeled_eval: false`, for methods that do not score pseudo-labels, e.g. distillation).
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from .splits import class_balanced_subset
 
 class SemiSupervisedDataModule(BaseDataModule):
     def __init__(self, dataset: dict, num_labels: int = 100, label_seed: int = 0,
-                 unlabeled_batch_size: int | None = None, **loader_options):
+                 unlabeled_batch_size: int | None = None, unlabeled_eval: bool = True, **loader_options):
         super().__init__(**loader_options)
+        self.unlabeled_eval = bool(unlabeled_eval)
         self.dataset_spec = dict(dataset)
         self.num_labels, self.label_seed = int(num_labels), int(label_seed)
         self.unlabeled_batch_size = unlabeled_batch_size or self.batch_size
@@ -71,7 +73,7 @@ class SemiSupervisedDataModule(BaseDataModule):
         return self.loader(self.unlabeled, train=False)
 
     def val_dataloader(self):
-        loaders = [self.unlabeled_eval_dataloader()]
+        loaders = [self.unlabeled_eval_dataloader()] if self.unlabeled_eval else []
         if len(self.splits.val):
             loaders.append(self.loader(self.splits.val, train=False))
         return loaders

@@ -10,6 +10,10 @@ Teacher (`teacher`), frozen and always in eval mode:
 - `name` + `pretrained: true` (timm, online) or `pretrained_file` (local): a timm classifier
   whose own head must have the data's number of classes.
 Student: `backbone` (any timm name / ours) with a new linear head; exported as `encoder.pt`.
+
+Transfer set: the labeled images (`LabeledDataModule`, default), or with
+`model.datamodule._target_=datamodules.semisup.SemiSupervisedDataModule` also the unlabeled rest
+of the training split: the soft term then covers both, the cross-entropy the labeled part only.
 """
 from __future__ import annotations
 
@@ -97,6 +101,16 @@ def hint_regressor(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.M
     )
 
 
+def transfer_set(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of the transfer set and the labels of its first rows. `(x, y)`: labeled images only;
+    `{"labeled": (x, y), "unlabeled": x_u}` (SemiSupervisedDataModule): the teacher's soft targets
+    also cover the unlabeled images, Hinton et al.'s transfer set (Sec. 3)."""
+    if isinstance(batch, dict):
+        (x, y), x_u = batch["labeled"], batch["unlabeled"]
+        return torch.cat([x, x_u]), y
+    return batch
+
+
 class Distill(Supervised):
     def __init__(self, backbone: dict, teacher: dict, num_classes: int, in_chans: int, image_size: int,
                  optimizer, scheduler=None, scheduler_interval: str = "epoch", temperature: float = 4.0,
@@ -166,11 +180,11 @@ class Distill(Supervised):
         return hint_loss(guided, target)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = transfer_set(batch)
         student_logits = self(x)
         with torch.no_grad():
             teacher_logits = self.teacher(x)
-        self.metrics.log_step(self, "train", student_logits, y)  # train/loss = the student's CE
+        self.metrics.log_step(self, "train", student_logits[: len(y)], y)  # train/loss = the student's CE
         loss = kd_loss(student_logits, teacher_logits, y, self.temperature, self.alpha)
         self.log("train/kd_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         if self.hint_weight > 0:

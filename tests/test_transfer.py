@@ -70,6 +70,14 @@ def test_kd_loss_matches_direct_formula():
     assert torch.allclose(hint_loss(a, b), 0.5 * ((a - b) ** 2).mean())
 
 
+def test_kd_loss_hard_term_reads_only_the_labeled_rows():
+    """With a transfer set of labeled + unlabeled rows, the soft term covers all rows, CE the first ones."""
+    torch.manual_seed(0)
+    s, t, y = torch.randn(6, 5), torch.randn(6, 5), torch.randint(0, 5, (2,))
+    expected = 0.5 * 4.0 * soft_target_kl(s, t, 2.0) + 0.5 * F.cross_entropy(s[:2], y)
+    assert torch.allclose(kd_loss(s, t, y, 2.0, 0.5), expected)
+
+
 # ------------------------------------------------------------------------------------------------
 # stages, labels
 
@@ -251,3 +259,24 @@ def test_distill_bad_teachers_fail_clearly(source_run, tmp_path):
         Distill(SMALL, {"checkpoint": str(headless)}, 10, 1, 16, ADAM)
     with pytest.raises(ConfigError, match="alpha=1.5"):
         Distill(SMALL, {"checkpoint": str(source_run / "encoder.pt")}, 10, 1, 16, ADAM, alpha=1.5)
+
+
+def test_distill_with_unlabeled_transfer_set(source_run):
+    """SemiSupervisedDataModule: the teacher's soft targets cover the unlabeled images, whose labels
+    never reach the batch; the student learns and the hard term sees the labeled part only."""
+    from datamodules.semisup import SemiSupervisedDataModule
+    from lightning_modules.distill import transfer_set
+
+    dm = SemiSupervisedDataModule({"name": "digits"}, num_labels=50, image_size=16, batch_size=16,
+                                  unlabeled_batch_size=32, unlabeled_eval=False)
+    dm.setup("fit")
+    module = Distill({"name": "small_cnn", "widths": [8, 16, 32]}, {"checkpoint": str(source_run / "encoder.pt")},
+                     10, 1, 16, ADAM)
+    batch = next(iter(dm.train_dataloader()))[0]
+    x, y = transfer_set(batch)
+    assert x.shape[0] == 16 + 32 and y.shape == (16,)
+    student = snapshot(module.backbone)
+    fit(module, dm)
+    assert any(not torch.equal(v, module.backbone.state_dict()[k]) for k, v in student.items())
+    assert len(dm.val_dataloader()) == 1  # unlabeled_eval=false: only the val split is scored
+

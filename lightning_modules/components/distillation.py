@@ -21,9 +21,12 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
             temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
-    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)   (Hinton et al. 2015)."""
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)   (Hinton et al. 2015).
+
+    The soft term covers every row (the transfer set may include unlabeled images); the hard term the
+    first len(targets) rows, the labeled ones."""
     soft = soft_target_kl(student_logits, teacher_logits, temperature)
-    hard = F.cross_entropy(student_logits.float(), targets)
+    hard = F.cross_entropy(student_logits[: len(targets)].float(), targets)
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard
 
 
