@@ -99,7 +99,7 @@ def report(out_dir: Path, presets: list[str]) -> str:
             shutil.copyfile(image, ROOT / "docs" / "images" / f"ddpm_{PRESETS[preset]}.png")
     header = (
         "| data | steps | training wall / CPU min | classifier acc | test/fid (DDIM-50, N=1000) | noise FID | real-vs-real FID "
-        "| fid / real | min class fraction | FID DDIM-50 / ancestral-1000 (N=100) | CPU ms per image DDIM / ancestral (speed-up) |\n"
+        "| fid / real | min class fraction | FID DDIM-50 / ancestral-1000 (N=compare_samples) | CPU ms per image DDIM / ancestral (speed-up) |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     return "\n".join([header, *rows, "", *notes])

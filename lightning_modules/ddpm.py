@@ -22,7 +22,7 @@ import torch
 from datamodules.errors import ConfigError
 
 from .base import BaseMethod
-from .components.diffusion import GaussianDiffusion
+from .components.diffusion import GaussianDiffusion, ddim_timesteps
 from .components.ema import ema_update, frozen_copy, warmup_momentum
 from .components.unet import UNet
 from .evaluation.fid import cached_classifier, class_histogram, frechet_distance, quantize
@@ -55,7 +55,9 @@ class DDPM(BaseMethod):
         self.diffusion = GaussianDiffusion(**(diffusion or {}))
         self.ema_cfg = {"decay": 0.9995, "warmup_steps": 5000, **(ema or {})}
         self.grad_clip = grad_clip
-        self.sampling = {"method": "ddim", "ddim_steps": 50, "eta": 0.0, "batch_size": 500, **(sampling or {})}
+        self.sampling = {"method": "ddim", "ddim_steps": 50, "eta": 0.0, "spacing": "linear", "batch_size": 500,
+                         **(sampling or {})}
+        ddim_timesteps(self.diffusion.timesteps, self.sampling["ddim_steps"], self.sampling["spacing"])  # checks both
         self.grid = {"num_images": 64, "every_n_epochs": 5, **(grid or {})}
         self.evaluation = {"num_samples": 500, "samplers": ["ddim"], "classifier": {}, "cache_dir": "outputs/fid_classifiers",
                            **(evaluation or {})}
@@ -126,7 +128,8 @@ class DDPM(BaseMethod):
             if method == "ancestral":
                 x = self.diffusion.sample(self.ema, x_T, generator=generator)
             else:
-                x = self.diffusion.ddim_sample(self.ema, x_T, self.sampling["ddim_steps"], self.sampling["eta"], generator)
+                x = self.diffusion.ddim_sample(self.ema, x_T, self.sampling["ddim_steps"], self.sampling["eta"], generator,
+                                               self.sampling["spacing"])
             out.append(x.clamp(-1, 1).cpu())
         self.ema.train(was_training)
         return torch.cat(out)

@@ -12,8 +12,8 @@ Every epoch (Sec. 3.2-3.3):
    on augmented images drawn uniformly over the clusters (Sec. 3.3, "Trivial parametrization").
 Optional Sobel filtering of the input (Sec. 4: "a fixed linear transformation based on Sobel filters").
 
-Evaluation: `{stage}/nmi` and `{stage}/ari` of k-means with k = number of classes on the (PCA-whitened,
-L2-normalised) features of the scored split against its true labels; `train/nmi_prev_epoch`, the NMI
+Evaluation: `{stage}/nmi` and `{stage}/ari` of k-means with k = number of classes on the L2-normalised
+features (optionally PCA-reduced / whitened first: `eval_pca_dim`, `eval_whiten`) of the scored split against its true labels; `train/nmi_prev_epoch`, the NMI
 between consecutive epochs' assignments (Fig. 2b); cluster sizes (`cluster_sizes.png` in the run dir);
 and the shared online linear probe / kNN (`evaluation/online.py`), which alone reads labels.
 The assignments and centroids are saved in checkpoints, so a resumed run continues with them.
@@ -82,7 +82,7 @@ class DeepCluster(SSLMethod):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  scheduler_interval: str = "epoch", num_clusters: int = 100, pca_dim: int = 256, whiten: bool = True,
                  kmeans_iters: int = 20, kmeans_backend: str = "auto", sobel: bool = False,
-                 eval_pca_dim: int | None = None, eval_whiten: bool = True, evaluation: dict | None = None,
+                 eval_pca_dim: int | None = None, eval_whiten: bool = False, evaluation: dict | None = None,
                  train_encoder: bool = True, lr_scaling: str = "none", base_batch_size: int = 256):
         if num_clusters < 2:
             raise ConfigError(f"model.num_clusters={num_clusters} must be >= 2")
@@ -96,7 +96,7 @@ class DeepCluster(SSLMethod):
         self.head = nn.Linear(self.backbone.num_features, num_clusters)
         self.num_clusters, self.num_classes = num_clusters, num_classes
         self.pca_dim, self.whiten = pca_dim, whiten
-        self.eval_pca_dim, self.eval_whiten = eval_pca_dim or pca_dim, eval_whiten
+        self.eval_pca_dim, self.eval_whiten = eval_pca_dim, eval_whiten
         self.kmeans_options = dict(n_iter=kmeans_iters, backend=kmeans_backend)
         self.assignments: torch.Tensor | None = None  # (N,) cluster of every training image
         self.centroids: torch.Tensor | None = None

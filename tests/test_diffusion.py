@@ -145,3 +145,11 @@ def test_unet_depends_on_time_and_rejects_bad_sizes():
         UNet(1, 16, channel_mults=(1, 2), attn_levels=(2,))
     with pytest.raises(ConfigError, match="in_chans"):
         UNet(2, 16)
+
+
+def test_ddim_quadratic_spacing_is_denser_near_zero():
+    taus = ddim_timesteps(1000, 50, "quadratic")
+    assert len(taus) == 50 and taus[0] == 0 and taus[-1] == 999 and taus == sorted(set(taus))
+    assert taus[1] - taus[0] < 5 and taus[-1] - taus[-2] > 30  # fine steps at small t, coarse at large t
+    with pytest.raises(ConfigError, match="spacing"):
+        ddim_timesteps(1000, 50, "cubic")
