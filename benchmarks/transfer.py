@@ -119,9 +119,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="run.py processes at a time (1 thread each)")
     parser.add_argument("--no-distill", action="store_true")
     parser.add_argument("--distill-steps", type=int, default=600, help="optimizer steps of every student run")
-    parser.add_argument("--kd", nargs="+", default=["4,0.9", "1,0.5"],
+    parser.add_argument("--kd", nargs="+", default=["2,0.5", "4,0.9"],
                         help="distillation settings 'T,alpha' with the unlabeled images in the transfer set")
-    parser.add_argument("--kd-labeled-only", nargs="*", default=["4,0.9"],
+    parser.add_argument("--kd-labeled-only", nargs="*", default=["2,0.5"],
                         help="distillation settings 'T,alpha' with the labeled images only as transfer set")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "benchmarks" / "transfer")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer.md")
