@@ -37,7 +37,7 @@ from lightning_modules.runtime import (  # noqa: E402
 log = logging.getLogger("transferlab")
 
 # Keys of a model config that the runner reads; everything else goes to the module's constructor.
-RUNNER_KEYS = ("datamodule", "input", "optimized_metric")
+RUNNER_KEYS = ("datamodule", "input", "optimized_metric", "compile", "channels_last")  # the last two: speed switches
 
 
 def output_dir() -> Path:
@@ -114,12 +114,15 @@ def build_module(cfg: DictConfig, data_info: dict) -> pl.LightningModule:
     accepted = inspect.signature(get_class(module_cfg["_target_"]).__init__).parameters
     extra = {k: v for k, v in data_info.items() if k in accepted and k not in module_cfg}
     try:
-        return instantiate(module_cfg, **extra, _convert_="partial")
+        module = instantiate(module_cfg, **extra, _convert_="partial")
     except InstantiationException as err:
         # Hydra wraps constructor errors; surface ours (they name the option) as they are.
         if isinstance(err.__cause__, (ConfigError, DataFormatError, DataNotFoundError)):
             raise err.__cause__ from None
         raise
+    if hasattr(module, "speed_options"):  # model.compile / model.channels_last (lightning_modules/base.py)
+        module.speed_options(compile=model.get("compile") or False, channels_last=model.get("channels_last") or False)
+    return module
 
 
 def build_all(cfg: DictConfig, group: str) -> list:

@@ -8,8 +8,9 @@ Target task: MNIST (`../shared/data/mnist_test.npz`, fixed stratified split seed
 `model.datamodule.num_labels`, label_seed 0).
 Rows: scratch (`model=supervised`), linear / partial / full (`model=finetune model.strategy=...`
 from the USPS encoder). Distillation: the `full` fine-tuned LeNet (1,000 labels) as teacher, a
-small CNN student (`small_cnn`, widths 8-16-32) distilled (`model=distill`) vs trained alone
-(`model=supervised`), same labels and steps. Every cell: mean +- std of test/acc over seeds.
+small CNN student (`small_cnn`, widths 8-16-32) distilled with the unlabeled training images in the
+transfer set (`experiment=distill_mnist`) or with the labeled ones only (`model=distill`) vs trained
+alone (`model=supervised`), same labels and steps. Every cell: mean +- std of test/acc over seeds.
 
 Every run is `python run.py ...` (the project's runner) in its own run dir under --runs-dir;
 finished runs (results.json with status completed) are reused, so an interrupted benchmark resumes.

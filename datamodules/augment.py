@@ -246,36 +246,23 @@ def adjust_hue_batch(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     return _hsv_to_rgb(torch.stack((h, s, v), 1))
 
 
-def _bilinear_index(start, length, out_size):
-    """Source rows of a bilinear resize (align_corners=False, no antialias) of a crop, as in
-    torch's upsample_bilinear2d: src = (dst + 0.5) * in/out - 0.5, clamped at 0."""
+def _source_coords(start, length, out_size, in_size):
+    """Normalised (align_corners=False) source coordinates of a bilinear resize (no antialias) of the crop
+    [start, start + length) to out_size, as torch's upsample_bilinear2d computes them:
+    src = (dst + 0.5) * length / out_size - 0.5, clamped to [0, length - 1] (the edge pixel repeats)."""
     dst = torch.arange(out_size, device=start.device, dtype=torch.float32)
-    scale = length.float().unsqueeze(1) / out_size
-    src = ((dst + 0.5) * scale - 0.5).clamp(min=0)
-    i0 = src.long()
-    i1 = torch.minimum(i0 + 1, (length - 1).unsqueeze(1))
-    frac = src - i0
-    return start.unsqueeze(1) + i0, start.unsqueeze(1) + i1, frac
+    src = (dst + 0.5) * (length.float().unsqueeze(1) / out_size) - 0.5
+    src = torch.minimum(src.clamp(min=0), (length - 1).float().unsqueeze(1)) + start.float().unsqueeze(1)
+    return (2 * src + 1) / in_size - 1
 
 
 def resized_crop_batch(x, top, left, height, width, size: int) -> torch.Tensor:
-    """Crop box i of image i and resize it to size x size, for a whole batch at once."""
-    n, c, H, W = x.shape
-    y0, y1, fy = _bilinear_index(top, height, size)
-    x0, x1, fx = _bilinear_index(left, width, size)
-
-    def rows(idx):
-        return x.gather(2, idx.view(n, 1, size, 1).expand(n, c, size, W))
-
-    def cols(img, idx):
-        return img.gather(3, idx.view(n, 1, 1, size).expand(n, c, size, size))
-
-    fy = fy.view(n, 1, size, 1)
-    fx = fx.view(n, 1, 1, size)
-    top_rows, bottom_rows = rows(y0), rows(y1)
-    out_top = cols(top_rows, x0) * (1 - fx) + cols(top_rows, x1) * fx
-    out_bottom = cols(bottom_rows, x0) * (1 - fx) + cols(bottom_rows, x1) * fx
-    return out_top * (1 - fy) + out_bottom * fy
+    """Crop box i of image i and resize it to size x size, for a whole batch in one grid_sample."""
+    n, _, H, W = x.shape
+    gy = _source_coords(top, height, size, H).view(n, size, 1).expand(n, size, size)
+    gx = _source_coords(left, width, size, W).view(n, 1, size).expand(n, size, size)
+    grid = torch.stack((gx, gy), dim=-1).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def gaussian_kernels(kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from datamodules.errors import ConfigError
+
 
 class NonFiniteLossError(FloatingPointError):
     pass
@@ -22,6 +24,35 @@ class BaseMethod(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
+        self.compile_options: dict | None = None  # speed switches, set by run.py from model.compile /
+        self.use_channels_last = False              # model.channels_last (see `speed_options`)
+
+    # ---- speed switches (model.compile, model.channels_last) ------------------------------------
+    def speed_options(self, compile: bool | dict = False, channels_last: bool = False) -> None:
+        """`compile`: false, true, or torch.compile keyword arguments (e.g. {mode: max-autotune});
+        `channels_last`: NHWC weights, so convolutions run (and produce activations) channels-last."""
+        if not isinstance(compile, (bool, dict)):
+            raise ConfigError(f"model.compile={compile!r}: use true, false, or a dict of torch.compile options "
+                              f"(e.g. model.compile={{mode: reduce-overhead}})")
+        self.compile_options = (dict(compile) if isinstance(compile, dict) else {}) if compile else None
+        self.use_channels_last = bool(channels_last)
+
+    def compiled_children(self) -> list[str]:
+        """The networks torch.compile wraps: every direct child that holds parameters, but not metrics."""
+        from torchmetrics import Metric
+
+        return [name for name, child in self.named_children()
+                if any(True for _ in child.parameters()) and not any(isinstance(m, Metric) for m in child.modules())]
+
+    def configure_model(self) -> None:
+        """Lightning hook (before the optimizers are built): apply the speed switches once. `nn.Module.compile`
+        compiles in place, so parameter names, checkpoints and encoder.pt stay as without it."""
+        if self.use_channels_last:
+            self.to(memory_format=torch.channels_last)
+        if self.compile_options is not None and not getattr(self, "_nets_compiled", False):
+            for name in self.compiled_children():
+                getattr(self, name).compile(**self.compile_options)
+            self._nets_compiled = True
 
     def parameter_groups(self):
         """What the optimizer trains; methods with frozen parts or per-part learning rates override."""
@@ -58,7 +89,7 @@ class ClassificationMetrics(torch.nn.Module):
                  prefix: str = "") -> torch.Tensor:
         loss = F.cross_entropy(logits.float(), y)
         metric = self.acc[f"{stage}_acc"]
-        metric(logits.detach(), y)
+        metric.update(logits.detach(), y)  # logged per epoch only: no per-batch compute (forward) needed
         on_step = stage == "train"
         module.log(f"{stage}/{prefix}loss", loss, on_step=on_step, on_epoch=True, sync_dist=not on_step,
                    prog_bar=stage != "test", batch_size=len(y))

@@ -136,7 +136,7 @@ class DomainAdaptation(BaseMethod):
     def source_loss(self, logits: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Cross-entropy on labeled source examples; logs train/source_loss and train/source_acc."""
         loss = F.cross_entropy(logits.float(), ys)
-        self.train_acc(logits.detach(), ys)
+        self.train_acc.update(logits.detach(), ys)  # logged per epoch: update only, no per-batch compute
         self.log("train/source_loss", loss, on_step=True, on_epoch=True, batch_size=len(ys))
         self.log("train/source_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(ys))
         return loss

@@ -88,7 +88,7 @@ class OnlineEvaluator(nn.Module):
         """Cross-entropy of the probe on detached features; add it to the pretext loss."""
         logits = self.probe(features)
         loss = F.cross_entropy(logits, y)
-        self.acc["train_acc"](logits.detach(), y)
+        self.acc["train_acc"].update(logits.detach(), y)  # logged per epoch: update only
         module.log("train/linear_loss", loss, on_step=True, on_epoch=True, batch_size=len(y))
         module.log("train/linear_acc", self.acc["train_acc"], on_step=False, on_epoch=True, batch_size=len(y))
         return loss
