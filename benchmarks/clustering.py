@@ -1,5 +1,5 @@
 """DeepCluster vs k-means on raw pixels and on a random-init encoder of the same architecture
-(test/nmi, test/ari; mean of seeds); writes to benchmarks/results/clustering_runs.md.
+(test/nmi, test/ari; mean of seeds); appends its table to outputs/benchmarks/clustering_table.md (copied by hand into benchmarks/results/clustering.md with notes).
 
     python benchmarks/clustering.py                        # MNIST (../shared/data) and digits, 3 seeds
     python benchmarks/clustering.py --data digits --seeds 0
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_clustering")
-    parser.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "results" / "clustering_runs.md")
+    parser.add_argument("--table", type=Path, default=ROOT / "outputs" / "benchmarks" / "clustering_table.md")
     args = parser.parse_args()
 
     lines = [f"Measured {datetime.date.today()} on a 2-core CPU, no GPU (shared with other jobs), 1 thread per run.", "",

@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_pseudolabel")
-    parser.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "results" / "pseudolabel_runs.md")
+    parser.add_argument("--table", type=Path, default=ROOT / "outputs" / "benchmarks" / "pseudolabel_table.md")
     args = parser.parse_args()
 
     jobs = {}
