@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
-from .errors import ConfigError
+from .errors import ConfigError, check_known_options
 
 BACKENDS = ("auto", "batched", "per_sample")
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -66,10 +66,7 @@ class AugmentSpec:
     @classmethod
     def from_config(cls, cfg: dict | None) -> "AugmentSpec":
         cfg = dict(cfg or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ConfigError(f"augment has no option(s) {unknown}; options: {sorted(names)}")
+        check_known_options(cfg, sorted(f.name for f in fields(cls)), "augment")
         for key in ("crop_scale", "crop_ratio", "blur_sigma"):
             if cfg.get(key) is not None:
                 cfg[key] = tuple(float(v) for v in cfg[key])

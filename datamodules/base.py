@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
+from pytorch_lightning.accelerators import CUDAAccelerator
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, Dataset
@@ -35,6 +36,7 @@ class BaseDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.train_augment = AffineAugment.from_config(train_augment)
+        self._device_generator: torch.Generator | None = None
         if channels not in (None, 1, 3):
             raise ConfigError(f"data.channels={channels} is not supported; choices: 1, 3 (or null for the native count)")
         if image_size is not None and image_size < 4:
@@ -54,7 +56,7 @@ class BaseDataModule(pl.LightningDataModule):
         if self.pin_memory_option is not None:
             return bool(self.pin_memory_option)
         trainer = getattr(self, "trainer", None)
-        return trainer is not None and type(trainer.accelerator).__name__ == "CUDAAccelerator"
+        return trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With `train_augment`, every training image (each float image tensor of the batch: `x` of
@@ -74,7 +76,7 @@ class BaseDataModule(pl.LightningDataModule):
         """A generator on `device` for augmentation draws, seeded from the run seed and, under DDP,
         the process rank so that each process draws its own parameters (seed_everything gives all
         ranks one seed)."""
-        if getattr(self, "_device_generator", None) is None or self._device_generator.device != device:
+        if self._device_generator is None or self._device_generator.device != device:
             trainer = getattr(self, "trainer", None)
             rank = trainer.global_rank if trainer is not None else 0
             self._device_generator = torch.Generator(device=device).manual_seed(torch.initial_seed() + 1_000_003 * rank)

@@ -5,6 +5,13 @@ class ConfigError(ValueError):
     """An option has a value the runner cannot use; the message names the option and the choices."""
 
 
+def check_known_options(cfg: dict, names: list[str], where: str) -> None:
+    """Refuse keys of an option group that are not among `names`, naming them and the valid ones."""
+    unknown = sorted(set(cfg) - set(names))
+    if unknown:
+        raise ConfigError(f"{where} has no option(s) {unknown}; options: {names}")
+
+
 class DataNotFoundError(FileNotFoundError):
     """A dataset is absent (or failed its integrity check) and may not be downloaded."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .errors import ConfigError, check_known_options
 
 PADDINGS = ("zeros", "border", "reflection")
 
@@ -52,10 +52,7 @@ class AffineAugment:
         if cfg is None:
             return None
         cfg = dict(cfg)
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(cfg) - set(names))
-        if unknown:
-            raise ConfigError(f"model.datamodule.train_augment has no option(s) {unknown}; options: {names}")
+        check_known_options(cfg, [f.name for f in fields(cls)], "model.datamodule.train_augment")
         return cls(**cfg)
 
     def draw(self, n: int, generator=None, device=None) -> dict[str, torch.Tensor]:

@@ -26,6 +26,7 @@ class BaseMethod(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.compile_options: dict | None = None  # speed switches, set by run.py from model.compile /
         self.use_channels_last = False              # model.channels_last (see `speed_options`)
+        self._nets_compiled = False
 
     # ---- speed switches (model.compile, model.channels_last) ------------------------------------
     def speed_options(self, compile: bool | dict = False, channels_last: bool = False) -> None:
@@ -49,7 +50,7 @@ class BaseMethod(pl.LightningModule):
         compiles in place, so parameter names, checkpoints and encoder.pt stay as without it."""
         if self.use_channels_last:
             self.to(memory_format=torch.channels_last)
-        if self.compile_options is not None and not getattr(self, "_nets_compiled", False):
+        if self.compile_options is not None and not self._nets_compiled:
             for name in self.compiled_children():
                 getattr(self, name).compile(**self.compile_options)
             self._nets_compiled = True

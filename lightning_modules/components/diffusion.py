@@ -62,12 +62,10 @@ def ddim_timesteps(timesteps: int, steps: int, spacing: str = "linear") -> list[
     fractions = [i / (steps - 1) for i in range(steps)]
     if spacing == "quadratic":
         fractions = [f * f for f in fractions]
-    taus = sorted({round(f * (timesteps - 1)) for f in fractions})
+    taus = {round(f * (timesteps - 1)) for f in fractions}
     # quadratic spacing rounds the first few to the same index; fill with the smallest unused ones
-    unused = (t for t in range(timesteps) if t not in taus)
-    while len(taus) < steps:
-        taus = sorted({*taus, next(unused)})
-    return taus
+    fill = [t for t in range(timesteps) if t not in taus][: steps - len(taus)]
+    return sorted(taus.union(fill))
 
 
 class GaussianDiffusion(nn.Module):
