@@ -30,6 +30,7 @@ from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 from datamodules.errors import ConfigError, DataFormatError, DataNotFoundError  # noqa: E402
 from lightning_modules.callbacks import FaultTolerance, is_interrupt  # noqa: E402
 from lightning_modules.components.encoder_io import save_encoder  # noqa: E402
+from lightning_modules.evaluation.embedding_plot import wait_for_plots  # noqa: E402
 from lightning_modules.runtime import (  # noqa: E402
     RESULTS_FILE, git_commit, library_versions, machine, metrics_table, scalar_metrics, write_json_atomic,
 )
@@ -244,6 +245,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
         trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else ckpt_path)
         metrics.update(scalar_metrics(trainer.callback_metrics))
 
+    wait_for_plots()  # t-SNE maps drawn in the background during training and testing
     if trainer.is_global_zero:
         if hasattr(module, "backbone"):
             save_encoder(module.backbone, output_dir() / "encoder.pt", datamodule.data_info,

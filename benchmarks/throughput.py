@@ -177,8 +177,8 @@ class StepTimer(pl.Callback):
 def batch_images(batch) -> int:
     """Training images (of the first domain / view / labeled part) in a batch."""
     if isinstance(batch, dict):
-        first = batch.get("source", batch.get("labeled"))
-        return len(first[1])
+        first = batch.get("source", batch.get("labeled", batch.get("target")))
+        return len(first[1]) if isinstance(first, (list, tuple)) else len(first)
     x = batch[0]
     return len(x[0]) if isinstance(x, (list, tuple)) else len(x)
 

@@ -62,12 +62,15 @@ class EndlessPairLoader:
     """`steps` batches `{"source": next(source), "target": next(target)}` per epoch.
 
     The two iterators live across epochs, so neither domain restarts early and no batch is lost
-    when the domains have different sizes.
+    when the domains have different sizes. With `alternate=True` (methods whose step uses one
+    domain at a time, e.g. DRCN) the batches are `{"source": ...}` and `{"target": ...}` in turn,
+    counted across epochs, so no batch is loaded only to be ignored.
     """
 
-    def __init__(self, source: DataLoader, target: DataLoader, steps: int):
-        self.source, self.target, self.steps = source, target, steps
+    def __init__(self, source: DataLoader, target: DataLoader, steps: int, alternate: bool = False):
+        self.source, self.target, self.steps, self.alternate = source, target, steps, alternate
         self._iterators = None
+        self._served = 0
 
     def __len__(self) -> int:
         return self.steps
@@ -77,7 +80,13 @@ class EndlessPairLoader:
             self._iterators = endless(self.source), endless(self.target)
         source, target = self._iterators
         for _ in range(self.steps):
-            yield {"source": next(source), "target": next(target)}
+            if not self.alternate:
+                yield {"source": next(source), "target": next(target)}
+            elif self._served % 2 == 0:
+                yield {"source": next(source)}
+            else:
+                yield {"target": next(target)}
+            self._served += 1
 
 
 def check_pair(source: Splits, target: Splits, channels: int | None, image_size: int | None) -> None:
@@ -155,7 +164,10 @@ class PairDataModule(BaseDataModule):
         target = self.target.train if self.train_target_labels else ImagesOnly(self.target.train)
         trainer = getattr(self, "trainer", None)
         steps = self.train_steps_per_epoch(trainer.world_size if trainer is not None else 1)
-        return EndlessPairLoader(self._endless_loader(self.source.train), self._endless_loader(target), steps)
+        # a method declares `alternates_domains = True` when each step uses only one domain's batch
+        alternate = bool(getattr(getattr(trainer, "lightning_module", None), "alternates_domains", False))
+        return EndlessPairLoader(self._endless_loader(self.source.train), self._endless_loader(target), steps,
+                                 alternate=alternate)
 
     def val_dataloader(self):
         return [self.loader(self.target.val, train=False), self.loader(self.source.val, train=False)]

@@ -98,6 +98,5 @@ class ADDA(DomainAdaptation):
         opt_target.zero_grad()
         self.manual_backward(self.with_all_parameters(self.check_finite(loss_t, "train/target_adv_loss")))
         opt_target.step()
-        self.log_dict({"train/disc_loss": loss_d, "train/target_adv_loss": loss_t,
-                       "train/disc_acc": ((d_logits > 0).float() == d).float().mean()},
-                      on_step=False, on_epoch=True, batch_size=len(d))
+        self.log_train({"train/disc_loss": loss_d, "train/target_adv_loss": loss_t,
+                        "train/disc_acc": ((d_logits > 0).float() == d).float().mean()}, len(d))

@@ -37,7 +37,7 @@ class DANN(DomainAdaptation):
         d = torch.cat([f.new_zeros(n), f.new_ones(len(xt))])
         d_logits = self.domain_classifier(grad_reverse(f, lambd)).squeeze(1)
         loss_d = F.binary_cross_entropy_with_logits(d_logits.float(), d)
-        self.log_dict({"train/domain_loss": loss_d, "train/domain_acc": ((d_logits > 0).float() == d).float().mean()},
-                      on_step=False, on_epoch=True, batch_size=len(d))
-        self.log("train/lambda", lambd, on_step=True, on_epoch=False)
+        self.log_train({"train/domain_loss": loss_d, "train/domain_acc": ((d_logits > 0).float() == d).float().mean()},
+                       len(d))
+        self.log_train({"train/lambda": lambd}, 1, on_step=True)
         return self.check_finite(loss_y + loss_d)

@@ -100,6 +100,7 @@ class DDPM(BaseMethod):
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         every = self.grid["every_n_epochs"]
         max_steps = self.trainer.max_steps
         last = self.current_epoch + 1 == self.trainer.max_epochs or (max_steps > 0 and self.global_step >= max_steps)

@@ -89,6 +89,7 @@ class DomainAdaptation(BaseMethod):
         if select not in SELECT_CHOICES:
             raise ConfigError(f"model.select={select!r} is not a choice; choices: {list(SELECT_CHOICES)}")
         self.select, self.tsne, self.tsne_points = select, tsne, tsne_points
+        self._after_plotted = False  # set when on_fit_end drew plots/tsne_after.png
         self.num_classes = num_classes
         self.backbone = create_backbone(in_chans=in_chans, **backbone)
         self.classifier = nn.Linear(self.backbone.num_features, num_classes)
@@ -136,10 +137,15 @@ class DomainAdaptation(BaseMethod):
     def source_loss(self, logits: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Cross-entropy on labeled source examples; logs train/source_loss and train/source_acc."""
         loss = F.cross_entropy(logits.float(), ys)
-        self.train_acc.update(logits.detach(), ys)  # logged per epoch: update only, no per-batch compute
-        self.log("train/source_loss", loss, on_step=True, on_epoch=True, batch_size=len(ys))
-        self.log("train/source_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(ys))
+        self.train_acc.update(logits.detach(), ys)  # logged at the epoch's end (on_train_epoch_end)
+        self.log_train({"train/source_loss": loss}, len(ys), on_step=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        if self.train_acc.update_count:
+            self.log("train/source_acc", self.train_acc.compute(), prog_bar=True, sync_dist=False)  # synced by torchmetrics
+            self.train_acc.reset()
 
     def with_all_parameters(self, loss: torch.Tensor) -> torch.Tensor:
         """DDP without find_unused_parameters needs a gradient for every parameter in each backward;
@@ -183,11 +189,16 @@ class DomainAdaptation(BaseMethod):
     def on_fit_end(self) -> None:
         if self.select != "last" and self._best_state is not None:
             self.load_state_dict(self._best_state)
+        if self.tsne and self.trainer.is_global_zero:
+            # drawn now, in the background, so that the map overlaps the test phase
+            self.plot_features("after")
+            self._after_plotted = True
 
     # ----------------------------------------------------------------------------------------
     # test
 
     def on_fit_start(self) -> None:
+        self._after_plotted = False
         if self.tsne and self.trainer.is_global_zero:
             self.plot_features("before")
 
@@ -226,7 +237,7 @@ class DomainAdaptation(BaseMethod):
             acc, pad = domain_separability(gathered["source"][0], gathered["target"][0])
             self.log("test/domain_acc", acc)
             self.log("test/proxy_a_distance", pad)
-            if self.tsne and self.trainer.is_global_zero:
+            if self.tsne and self.trainer.is_global_zero and not self._after_plotted:  # a test-only run
                 self.save_tsne("after", gathered)
         self._test_features = {}
 
@@ -269,10 +280,9 @@ class DomainAdaptation(BaseMethod):
             self.save_tsne(when, features)
 
     def save_tsne(self, when: str, features: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        """plots/tsne_<when>.png: colour = class, marker = domain (o source, x target)."""
-        from threadpoolctl import threadpool_limits
-
-        from .evaluation.embedding_plot import save_tsne_plot
+        """plots/tsne_<when>.png: colour = class, marker = domain (o source, x target); drawn in the
+        background worker (the runner waits for it before declaring the run complete)."""
+        from .evaluation.embedding_plot import save_tsne_plot_in_background
 
         rng = np.random.default_rng(0)
         parts = {}
@@ -282,10 +292,9 @@ class DomainAdaptation(BaseMethod):
         feats = np.concatenate([parts["source"][0], parts["target"][0]])
         labels = np.concatenate([parts["source"][1], parts["target"][1]])
         domains = np.r_[np.zeros(len(parts["source"][0]), int), np.ones(len(parts["target"][0]), int)]
-        # one BLAS/OpenMP thread: t-SNE oversubscribes a shared CPU badly otherwise
-        with threadpool_limits(1):
-            save_tsne_plot(feats, labels, self.run_dir() / "plots" / f"tsne_{when}.png", domains=domains,
-                           title=f"{type(self).__name__}, {when} adaptation: colour = class, o source, x target")
+        save_tsne_plot_in_background(
+            feats, labels, self.run_dir() / "plots" / f"tsne_{when}.png", domains=domains,
+            title=f"{type(self).__name__}, {when} adaptation: colour = class, o source, x target")
 
 
 class DiscrepancyAdaptation(DomainAdaptation):
@@ -318,5 +327,5 @@ class DiscrepancyAdaptation(DomainAdaptation):
         loss_y = self.source_loss(logits[:n], ys)
         loss_d = sum(self.discrepancy(activations[k][:n], activations[k][n:]) for k in self.layers)
         weight = self.trade_off * (adaptation_weight(self.progress) if self.ramp else 1.0)
-        self.log("train/discrepancy", loss_d, on_step=True, on_epoch=True, batch_size=n)
+        self.log_train({"train/discrepancy": loss_d}, n, on_step=True)
         return self.check_finite(loss_y + weight * loss_d)

@@ -50,8 +50,11 @@ class DRCN(DomainAdaptation):
         self.decoder = Decoder(self.backbone.num_features, in_chans, image_size, decoder_width)
         self._idle: nn.Module | None = None
 
+    # the pair loader then serves {"source": ...} and {"target": ...} in turn (Algorithm 1's alternation)
+    alternates_domains = True
+
     def training_step(self, batch, batch_idx):
-        if self.trainer.fit_loop.epoch_loop.total_batch_idx % 2 == 0:
+        if "source" in batch:
             # classification step on source: lambda * L_c
             xs, ys = batch["source"]
             loss = self.trade_off * self.source_loss(self.classifier(self.backbone(xs)), ys)
@@ -60,7 +63,7 @@ class DRCN(DomainAdaptation):
             # reconstruction step on target: (1 - lambda) * L_r
             xt = batch["target"]
             loss = (1.0 - self.trade_off) * F.mse_loss(self.decoder(self.backbone(xt)).float(), xt.float())
-            self.log("train/recon_loss", loss / (1.0 - self.trade_off), on_step=False, on_epoch=True, batch_size=len(xt))
+            self.log_train({"train/recon_loss": loss / (1.0 - self.trade_off)}, len(xt))
             self._idle = self.classifier
         return self.with_all_parameters(self.check_finite(loss))
 

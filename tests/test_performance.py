@@ -129,3 +129,87 @@ def test_batched_backend_is_the_default_for_in_memory_data():
     dm = MultiViewDataModule({"name": "digits"}, augment=spec, batch_size=16)
     dm.setup("fit")
     assert dm.backend == "batched"
+
+
+def test_alternating_pair_loader_serves_one_domain_per_step_across_epochs():
+    """DRCN's steps use one domain each, so the pair loader fetches only that domain's batch."""
+    from torch.utils.data import DataLoader
+
+    from datamodules.pair import EndlessPairLoader
+
+    source = DataLoader(list(range(10)), batch_size=2)  # batches [0, 1], [2, 3], ...
+    target = DataLoader(list(range(100, 110)), batch_size=2)
+    loader = EndlessPairLoader(source, target, steps=3, alternate=True)
+    first, second = list(loader), list(loader)  # two epochs of an odd length
+    keys = [tuple(b) for b in first + second]
+    assert keys == [("source",), ("target",), ("source",), ("target",), ("source",), ("target",)]
+    served_source = [b["source"].tolist() for b in first + second if "source" in b]
+    served_target = [b["target"].tolist() for b in first + second if "target" in b]
+    assert served_source == [[0, 1], [2, 3], [4, 5]] and served_target == [[100, 101], [102, 103], [104, 105]]
+    both = list(EndlessPairLoader(source, target, steps=2))
+    assert all(set(b) == {"source", "target"} for b in both)
+
+
+def test_drcn_fit_receives_alternating_batches(tmp_path):
+    """Through run.py's build path: DRCN's steps get source, target, source, ... batches and each
+    step trains the part that batch is for (classifier on source, decoder on target)."""
+    import pytorch_lightning as pl
+
+    class Record(pl.Callback):
+        def __init__(self):
+            self.keys, self.stepped = [], []
+
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            self.stepped.append((module.classifier.weight.grad is not None, module.decoder.fc[0].weight.grad is not None))
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.keys.append(tuple(batch))
+
+    cfg = compose(*TINY[2:], "model=drcn", "data=digits_to_digits_m", "model.tsne=false", "test=false",
+                  "+data.steps_per_epoch=4", "trainer.max_epochs=1", "trainer.limit_train_batches=4", run_dir=tmp_path)
+    datamodule = run.build_datamodule(cfg)
+    module = run.build_module(cfg, datamodule.data_info)
+    record = Record()
+    trainer = run.build_trainer(cfg, [record], run.build_all(cfg, "logger"))
+    trainer.fit(module, datamodule=datamodule)
+    assert record.keys == [("source",), ("target",)] * 2
+    assert record.stepped == [(True, False), (False, True)] * 2
+
+
+def test_log_train_epoch_means_are_batch_weighted_and_step_values_follow_the_logger(tmp_path):
+    """`BaseMethod.log_train`: the epoch value is the batch-size-weighted mean of the step values, and
+    `self.log` is called only on the steps the loggers write (plus once per name at the epoch's end)."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from lightning_modules.base import BaseMethod
+
+    class Toy(BaseMethod):
+        def __init__(self):
+            super().__init__(optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.log_calls = 0
+
+        def log(self, *args, **kwargs):
+            self.log_calls += 1
+            return super().log(*args, **kwargs)
+
+        def training_step(self, batch, batch_idx):
+            size = batch_idx + 1  # step i: value i with batch size i + 1
+            self.log_train({"train/value": torch.tensor(float(batch_idx))}, size, on_step=True)
+            self.log_train({"train/other": 2.0}, size)
+            return (self.w * 0).sum() + self.w.sum() * 0
+
+    csv = pl.loggers.CSVLogger(tmp_path, name="", version="")
+    trainer = pl.Trainer(max_epochs=1, logger=csv, log_every_n_steps=3, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    toy = Toy()
+    trainer.fit(toy, DataLoader(torch.zeros(6, 1), batch_size=1))
+    steps = torch.arange(6.0)
+    assert trainer.callback_metrics["train/value_epoch"].item() == pytest.approx(float((steps * (steps + 1)).sum() / (steps + 1).sum()))
+    assert trainer.callback_metrics["train/other"].item() == pytest.approx(2.0)
+    assert toy.log_calls == 2 + 2  # steps 3 and 6 write (log_every_n_steps=3), then two epoch means
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    written = [float(r.split(",")[header.index("train/value_step")]) for r in rows[1:] if r.split(",")[header.index("train/value_step")]]
+    assert written == [2.0, 5.0]

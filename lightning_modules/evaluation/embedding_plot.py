@@ -1,9 +1,20 @@
-"""2-D maps of learned features (t-SNE), coloured by class and optionally marked by domain."""
+"""2-D maps of learned features (t-SNE), coloured by class and optionally marked by domain.
+
+A t-SNE map costs seconds of CPU. `save_tsne_plot_in_background` hands it to one worker process
+(started on first use and kept), so a run trains or tests on while the map is drawn; the runner calls
+`wait_for_plots()` before it declares the run complete.
+"""
 from __future__ import annotations
 
+import multiprocessing
+import warnings
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+_worker: ProcessPoolExecutor | None = None
+_pending: list[tuple[Path, Future]] = []
 
 
 def embed_2d(features: np.ndarray, seed: int = 0, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
@@ -44,3 +55,34 @@ def save_tsne_plot(features, labels, path, domains=None, title: str | None = Non
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _save_tsne_plot_one_thread(*args, **kwargs) -> Path:
+    """In the worker: one BLAS/OpenMP thread, since the run's own process keeps the other cores busy."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return save_tsne_plot(*args, **kwargs)
+
+
+def save_tsne_plot_in_background(features, labels, path, **kwargs) -> None:
+    """`save_tsne_plot` in the worker process; returns at once (see `wait_for_plots`)."""
+    global _worker
+    if _worker is None:
+        # spawn, not fork: forking a process that holds torch's thread pools can deadlock the child
+        _worker = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    future = _worker.submit(_save_tsne_plot_one_thread, np.asarray(features), np.asarray(labels), str(path), **kwargs)
+    _pending.append((Path(path), future))
+
+
+def wait_for_plots(timeout_s: float = 900.0) -> list[Path]:
+    """Blocks until every background plot is written; returns the paths written. A plot that fails
+    is reported as a warning: a diagnostic picture must not fail a finished run."""
+    written = []
+    while _pending:
+        path, future = _pending.pop(0)
+        try:
+            written.append(Path(future.result(timeout=timeout_s)))
+        except Exception as err:  # noqa: BLE001 - any failure of the worker is reported, not raised
+            warnings.warn(f"t-SNE plot {path} was not written: {type(err).__name__}: {err}", stacklevel=2)
+    return written
