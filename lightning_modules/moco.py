@@ -17,7 +17,9 @@ model can cheat. `bn` chooses the remedy:
   BatchNorm sees a sub-batch, and a query's sub-batch differs from its key's.
 - `sync`: SyncBatchNorm (DDP with `trainer.sync_batchnorm=true`): statistics over the global batch.
 - `none`: plain BatchNorm over the whole local batch (the shortcut is possible; for ablations).
-- `auto`: `sync` under DDP when the trainer converted BN to SyncBN, `shuffle` otherwise.
+- `auto`: `none` when the encoder (backbone and projector) has no BatchNorm layer (e.g. LeNet: no
+  batch statistics, no shortcut, so nothing to pay for); else `sync` under DDP when the trainer
+  converted BN to SyncBN, `shuffle` otherwise.
 """
 from __future__ import annotations
 
@@ -60,7 +62,9 @@ class MoCo(SSLMethod):
         _, world_size = world()
         has_sync = any(isinstance(m, nn.SyncBatchNorm) for m in self.modules())
         mode = self.bn
-        if mode == "auto":
+        if mode == "auto" and not self.encoder_has_batchnorm():
+            mode = "none"
+        elif mode == "auto":
             mode = "sync" if world_size > 1 and has_sync else "shuffle"
         if mode == "shuffle" and world_size > 1 and has_sync:
             raise ConfigError("model.bn=shuffle needs plain BatchNorm, but trainer.sync_batchnorm=true converted "
@@ -70,6 +74,10 @@ class MoCo(SSLMethod):
                               "in one process use model.bn=shuffle (split shuffle-BN) or model.bn=none")
         self.bn_resolved = mode
         return mode
+
+    def encoder_has_batchnorm(self) -> bool:
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                   for m in (*self.backbone.modules(), *self.projector.modules()))
 
     def on_fit_start(self):
         mode = self.resolve_bn()

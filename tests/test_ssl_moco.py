@@ -86,3 +86,16 @@ def test_resume_restores_queue_and_key_encoder(tmp_path):
     assert torch.equal(snap.queue, first.queue) and snap.ptr == 32
     assert all(torch.equal(a, b) for a, b in zip(snap.key, first.key_backbone.parameters()))
     assert int(resumed.queue_ptr) == 64  # training went on from the restored pointer
+
+
+def test_auto_bn_skips_the_shuffle_when_the_encoder_has_no_batchnorm():
+    """`bn=auto`: a BN-free encoder (LeNet) has no batch statistics to leak, so no sub-batch forwards;
+    an encoder with BatchNorm gets the single-process shuffle-BN."""
+    lenet = MoCo(backbone={"name": "lenet"}, num_classes=10, in_chans=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                 queue_size=128, evaluation={"tsne": False, "knn_k": 5})
+    assert not lenet.encoder_has_batchnorm() and lenet.resolve_bn() == "none" and lenet._split() == 1
+    with_bn = _moco(bn="auto")
+    assert with_bn.encoder_has_batchnorm() and with_bn.resolve_bn() == "shuffle" and with_bn._split() == 2
+    lenet_shuffle = MoCo(backbone={"name": "lenet"}, num_classes=10, in_chans=1, queue_size=128, bn="shuffle",
+                         optimizer=lambda p: torch.optim.SGD(p, lr=0.1), evaluation={"tsne": False, "knn_k": 5})
+    assert lenet_shuffle.resolve_bn() == "shuffle"  # an explicit choice is kept
