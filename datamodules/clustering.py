@@ -93,10 +93,11 @@ class ClusteringDataModule(MultiViewDataModule):
         return self.loader(shard, train=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Training batches `(uint8 x | [view], y, index)` leave as `([view], y, index)`."""
+        """Training batches `(uint8 x | [view], y, index)` leave as `([view], y, index)`; the view is
+        drawn with the per-rank `device_generator`, as in `MultiViewDataModule`."""
         if isinstance(batch, (list, tuple)) and len(batch) == 3:
             x, y, index = batch
             if isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
-                x = [self.augmenter.batch(x)]
+                x = [self.augmenter.batch(x, self.device_generator(x.device))]
             return x, y, index
         return batch

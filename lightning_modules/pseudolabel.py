@@ -9,9 +9,14 @@ with the weight ramped up so early, noisy pseudo-labels do little harm (eq. 16):
              = alpha_f (t - T1) / (T2 - T1)   T1 <= t < T2
              = alpha_f                        T2 <= t
 t counts epochs (fractionally, within an epoch); an epoch is one pass over the unlabeled part.
-Pseudo-labels are recomputed at every step from the same forward pass (dropout on, as in the paper)
-and carry no gradient. `confidence_threshold` > 0 keeps only pseudo-labels whose probability
-reaches it (the others count as zero in the 1/n' mean).
+Pseudo-labels are recomputed at every weight update with the current network and carry no gradient.
+Lee trains a dropout network and takes y' as the class of maximum predicted probability; we read
+that as the network's prediction, made as at test time: dropout off (`pseudo_labels_from: eval`,
+default; a no-gradient forward pass of x' in eval mode). The loss is then taken on the usual
+training forward pass (dropout on), so it pulls the dropout network towards the deterministic
+network's predictions. `pseudo_labels_from: train` takes y' from that same dropout
+pass instead (its own argmax: a weaker, entropy-minimisation-only signal). `confidence_threshold` > 0
+keeps only pseudo-labels whose probability reaches it (the others count as zero in the 1/n' mean).
 
 `alpha_f=0` (or `use_unlabeled=false`) is the supervised-only baseline on the same labeled set and
 the same number of steps. Batches come from `SemiSupervisedDataModule`, whose unlabeled part holds
@@ -40,20 +45,26 @@ def alpha_schedule(t: float, t1: float, t2: float, alpha_f: float) -> float:
     return float(alpha_f)
 
 
-def pseudo_label_loss(logits_u: torch.Tensor, threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """1/n' sum CE(y', f(x')) with y' = argmax f(x') (no gradient through y'); pseudo-labels whose
-    probability is below `threshold` are masked out. Returns (loss, pseudo-labels, accepted mask)."""
+def pseudo_label_loss(logits_u: torch.Tensor, threshold: float = 0.0,
+                      labeling_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1/n' sum CE(y', f(x')) with y' = argmax of `labeling_logits` (default: `logits_u` itself; no
+    gradient through y'); pseudo-labels whose probability is below `threshold` are masked out.
+    Returns (loss, pseudo-labels, accepted mask)."""
+    source = logits_u if labeling_logits is None else labeling_logits
     with torch.no_grad():
-        confidence, pseudo = logits_u.detach().float().softmax(1).max(1)
+        confidence, pseudo = source.detach().float().softmax(1).max(1)
         accepted = confidence >= threshold
     per_example = F.cross_entropy(logits_u.float(), pseudo, reduction="none")
     return (per_example * accepted).mean(), pseudo, accepted
 
 
+PSEUDO_LABELS_FROM = ("eval", "train")  # the network as it predicts (dropout off) | the training pass itself
+
+
 class PseudoLabel(BaseMethod):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  scheduler_interval: str = "epoch", t1: float = 100, t2: float = 600, alpha_f: float = 3.0,
-                 confidence_threshold: float = 0.0, use_unlabeled: bool = True):
+                 confidence_threshold: float = 0.0, use_unlabeled: bool = True, pseudo_labels_from: str = "eval"):
         super().__init__(optimizer, scheduler, scheduler_interval)
         self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])  # partials are not weights_only-loadable
         if not t2 > t1 >= 0:
@@ -62,6 +73,9 @@ class PseudoLabel(BaseMethod):
             raise ConfigError(f"model.alpha_f={alpha_f} must be >= 0 (0 = supervised-only baseline)")
         if not 0.0 <= confidence_threshold < 1.0:
             raise ConfigError(f"model.confidence_threshold={confidence_threshold} must lie in [0, 1)")
+        if pseudo_labels_from not in PSEUDO_LABELS_FROM:
+            raise ConfigError(f"model.pseudo_labels_from={pseudo_labels_from!r}; choices: {list(PSEUDO_LABELS_FROM)}")
+        self.pseudo_labels_from = pseudo_labels_from
         self.t1, self.t2, self.alpha_f = t1, t2, alpha_f
         self.threshold = confidence_threshold
         self.use_unlabeled = use_unlabeled and alpha_f > 0
@@ -73,6 +87,18 @@ class PseudoLabel(BaseMethod):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(x))
+
+    @torch.no_grad()
+    def labeling_logits(self, x_u: torch.Tensor) -> torch.Tensor:
+        """f(x') of the current network as it predicts (eval mode: dropout off, BatchNorm running
+        statistics), without gradient; every submodule's mode is restored afterwards."""
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            return self(x_u)
+        finally:
+            for module, training in modes:
+                module.training = training
 
     def epoch_time(self, batch_idx: int) -> float:
         """t in epochs: the current epoch plus the fraction of it already done."""
@@ -90,9 +116,10 @@ class PseudoLabel(BaseMethod):
         if alpha == 0.0:  # before T1 (or the baseline): labeled data only, no forward pass on x'
             return self.check_finite(self.metrics.log_step(self, "train", self(x), y))
         x_u = batch["unlabeled"]
-        logits = self(torch.cat([x, x_u]))  # one forward pass, so BatchNorm sees both parts
+        labeling = self.labeling_logits(x_u) if self.pseudo_labels_from == "eval" else None  # y' source, eq. 15
+        logits = self(torch.cat([x, x_u]))  # one training forward pass, so BatchNorm sees both parts
         supervised = self.metrics.log_step(self, "train", logits[: len(y)], y)
-        unsupervised, _, accepted = pseudo_label_loss(logits[len(y) :], self.threshold)
+        unsupervised, _, accepted = pseudo_label_loss(logits[len(y) :], self.threshold, labeling)
         loss = supervised + alpha * unsupervised  # eq. 15
         n_u = len(x_u)
         self.log("train/unlabeled_loss", unsupervised, on_step=False, on_epoch=True, batch_size=n_u)

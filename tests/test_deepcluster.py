@@ -70,3 +70,27 @@ def test_sobel_option_feeds_two_channels_to_the_backbone():
                         num_clusters=7)
     assert model.backbone.stages[0][0].in_channels == 2
     assert model.features(torch.randn(2, 3, 28, 28)).shape == (2, 500) and model.head.out_features == 7
+
+
+def test_training_views_come_from_the_per_rank_generator():
+    """ClusteringDataModule draws its on-device views with `device_generator`, like MultiViewDataModule:
+    the same run seed gives the same views (whatever the global RNG does in between), another rank other
+    views."""
+    from types import SimpleNamespace
+
+    from datamodules.clustering import ClusteringDataModule
+
+    def views(rank: int) -> torch.Tensor:
+        torch.manual_seed(0)  # the run seed, as seed_everything sets it
+        dm = ClusteringDataModule({"name": "digits"}, batch_size=16, augment={"backend": "batched"})
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+        dm.trainer = SimpleNamespace(global_rank=rank, training=True)
+        torch.rand(100)  # global RNG draws elsewhere must not change the views
+        (view,), _, index = dm.on_after_batch_transfer(batch, 0)
+        assert view.dtype == torch.float32 and view.shape[0] == len(index) == 16
+        return view
+
+    first = views(0)
+    assert torch.equal(views(0), first)
+    assert not torch.equal(views(1), first)

@@ -93,3 +93,25 @@ def test_pseudolabel_runs_end_to_end(cli, tmp_path):
     for key in ("test/acc", "train/alpha", "train/accepted", "train/unlabeled_loss", "val/pseudo_acc", "val/acc"):
         assert key in metrics, key
     assert metrics["train/alpha"] > 0
+
+
+def test_pseudo_labels_come_from_the_network_as_it_predicts():
+    """pseudo_labels_from=eval: y' is the argmax of the network with dropout off (no gradient), the loss is
+    taken on the dropout training pass, and every submodule is back in its mode afterwards."""
+    torch.manual_seed(0)
+    model = PseudoLabel({"name": "lenet"}, num_classes=10, in_chans=1, optimizer=None, t1=0, t2=1, alpha_f=3.0)
+    model.train()
+    x_u = torch.randn(64, 1, 28, 28)
+    with torch.no_grad():
+        expected = model.eval()(x_u)
+    model.train()
+    labeling = model.labeling_logits(x_u)
+    assert all(m.training for m in model.modules()) and not labeling.requires_grad
+    assert torch.equal(labeling, expected)
+    dropout_pass = model(x_u)
+    assert not torch.equal(dropout_pass.argmax(1), expected.argmax(1))  # dropout changes some argmaxes
+    loss, pseudo, _ = pseudo_label_loss(dropout_pass, 0.0, labeling)
+    assert torch.equal(pseudo, expected.argmax(1))
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(dropout_pass, expected.argmax(1)))
+    with pytest.raises(ConfigError, match="pseudo_labels_from"):
+        PseudoLabel({"name": "lenet"}, 10, 1, optimizer=None, pseudo_labels_from="teacher")
