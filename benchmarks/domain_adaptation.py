@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", default=["digits"], choices=PAIRS)
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=75)
     parser.add_argument("--steps-per-epoch", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
