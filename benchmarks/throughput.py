@@ -327,12 +327,7 @@ def bare_step(method: str, module, datamodule, batch: int) -> Callable[[int], No
         def step(i):
             x, y, _ = labeled.next()
             x_u, _, _ = unlabeled.next()
-            labeling = None
-            if m.pseudo_labels_from == "eval":  # y' from the network as it predicts (dropout off)
-                m.eval()
-                with torch.no_grad():
-                    labeling = m.classifier(m.backbone(x_u))
-                m.train()
+            labeling = m.labeling_logits(x_u) if m.pseudo_labels_from == "eval" else None  # dropout off
             logits = m.classifier(m.backbone(torch.cat([x, x_u])))
             unsup, _, _ = pseudo_label_loss(logits[len(y):], m.threshold, labeling)
             update(opt, F.cross_entropy(logits[: len(y)], y) + m.alpha_f * unsup)

@@ -77,7 +77,6 @@ class BaseMethod(pl.LightningModule):
             )
         return loss
 
-
     # ---- cheap training scalars ---------------------------------------------------------------------
     def log_train(self, values: dict[str, torch.Tensor | float], batch_size: int, on_step: bool = False) -> None:
         """Training scalars without a `self.log` call per value and step: Lightning's bookkeeping costs
