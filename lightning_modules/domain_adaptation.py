@@ -274,7 +274,7 @@ class DomainAdaptation(BaseMethod):
         return out
 
     def plot_features(self, when: str, encoders: dict[str, nn.Module] | None = None) -> None:
-        encoders = encoders or {"source": self.backbone, "target": lambda x: self.features(x, "target")}
+        encoders = encoders or {dom: functools.partial(self.features, domain=dom) for dom in ("source", "target")}
         features = self.collect_features(encoders)
         if features:
             self.save_tsne(when, features)
@@ -303,28 +303,64 @@ class DiscrepancyAdaptation(DomainAdaptation):
 
     Subclasses define `discrepancy(source, target)` (DAN: MK-MMD^2, CORAL: the CORAL loss).
     `ramp: true` multiplies the weight by DANN's lambda_p schedule (off in both papers).
+    `bottleneck: D` puts a D-unit fc + ReLU layer between the backbone and the classifier (the 256-d
+    bottleneck of JAN, Long et al. 2017, in front of the classifier); layer name `bottleneck`, and it
+    is then what the classifier, the evaluation and the t-SNE maps see. null (default): none.
+    `adapt_dropout: false` measures the discrepancy on a second forward pass with dropout off (the
+    activations the test sees); the cross-entropy keeps its dropout pass. Default true: one pass,
+    the discrepancy on the same dropped-out activations as the classifier.
     """
 
-    LAYERS = ("features", "logits")
+    LAYERS = ("features", "bottleneck", "logits")
 
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, trade_off: float = 1.0,
-                 layers=("features", "logits"), ramp: bool = False, **common):
+                 layers=("features", "logits"), ramp: bool = False, bottleneck: int | None = None,
+                 adapt_dropout: bool = True, **common):
         super().__init__(backbone, num_classes, in_chans, optimizer, **common)
         unknown = sorted(set(layers) - set(self.LAYERS))
         if unknown or not layers:
             raise ConfigError(f"model.layers={list(layers)}: choose one or more of {list(self.LAYERS)}")
-        self.trade_off, self.layers, self.ramp = trade_off, list(layers), ramp
+        if bottleneck is None and "bottleneck" in layers:
+            raise ConfigError(f"model.layers={list(layers)} names `bottleneck`, but model.bottleneck is null; set a width (e.g. 256)")
+        if bottleneck is not None and bottleneck < 1:
+            raise ConfigError(f"model.bottleneck={bottleneck} must be a positive width or null")
+        self.trade_off, self.layers, self.ramp, self.adapt_dropout = trade_off, list(layers), ramp, adapt_dropout
+        self.bottleneck = None
+        if bottleneck is not None:
+            self.bottleneck = nn.Sequential(nn.Linear(self.backbone.num_features, bottleneck), nn.ReLU())
+            self.classifier = nn.Linear(bottleneck, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x, "source"))
+
+    def features(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        f = self.backbone(x)
+        return f if self.bottleneck is None else self.bottleneck(f)
 
     def discrepancy(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def activations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every adaptable layer's output for a batch: features, bottleneck (if any), logits."""
+        f = self.backbone(x)
+        out = {"features": f}
+        if self.bottleneck is not None:
+            f = out["bottleneck"] = self.bottleneck(f)
+        out["logits"] = self.classifier(f)
+        return out
+
     def training_step(self, batch, batch_idx):
         (xs, ys), xt = batch["source"], batch["target"]
-        f = self.backbone(torch.cat([xs, xt]))
-        logits = self.classifier(f)
-        activations = {"features": f, "logits": logits}
+        activations = self.activations(torch.cat([xs, xt]))
         n = len(xs)
-        loss_y = self.source_loss(logits[:n], ys)
+        loss_y = self.source_loss(activations["logits"][:n], ys)
+        if not self.adapt_dropout:
+            dropouts = [m for m in self.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
+            for m in dropouts:
+                m.eval()
+            activations = self.activations(torch.cat([xs, xt]))
+            for m in dropouts:
+                m.train()
         loss_d = sum(self.discrepancy(activations[k][:n], activations[k][n:]) for k in self.layers)
         weight = self.trade_off * (adaptation_weight(self.progress) if self.ramp else 1.0)
         self.log_train({"train/discrepancy": loss_d}, n, on_step=True)

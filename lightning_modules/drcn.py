@@ -8,6 +8,9 @@ from the encoder's features. The objective (Eq. 3 there)
 is optimised by alternating (Algorithm 1): one step on the labeled source batch with the
 classification loss, the next on the unlabeled target batch with the reconstruction (MSE) loss.
 lambda = 0.7 by default (`trade_off`).
+
+`schedule: joint` instead takes one step on Eq. 3 itself (both terms, a source and a target batch
+per step), so a run of N steps sees N source batches like every other method, not N / 2.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from torch import nn
 from datamodules.errors import ConfigError
 
 from .domain_adaptation import DomainAdaptation
+
+SCHEDULES = ("alternate", "joint")  # Algorithm 1's alternating steps | one step on Eq. 3
 
 
 class Decoder(nn.Module):
@@ -42,18 +47,29 @@ class Decoder(nn.Module):
 
 class DRCN(DomainAdaptation):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, image_size: int, optimizer,
-                 trade_off: float = 0.7, decoder_width: int = 64, **common):
+                 trade_off: float = 0.7, decoder_width: int = 64, schedule: str = "alternate", **common):
         super().__init__(backbone, num_classes, in_chans, optimizer, **common)
         if not 0.0 < trade_off < 1.0:
             raise ConfigError(f"model.trade_off={trade_off} (DRCN's lambda) must lie in (0, 1)")
-        self.trade_off = trade_off
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"model.schedule={schedule!r} is not a choice; choices: {list(SCHEDULES)}")
+        self.trade_off, self.schedule = trade_off, schedule
+        self.alternates_domains = schedule == "alternate"
         self.decoder = Decoder(self.backbone.num_features, in_chans, image_size, decoder_width)
         self._idle: nn.Module | None = None
 
-    # the pair loader then serves {"source": ...} and {"target": ...} in turn (Algorithm 1's alternation)
+    # the pair loader then serves {"source": ...} and {"target": ...} in turn (Algorithm 1's alternation);
+    # `schedule: joint` sets it False on the instance
     alternates_domains = True
 
     def training_step(self, batch, batch_idx):
+        if self.schedule == "joint":
+            # one step on Eq. 3: lambda L_c(source) + (1 - lambda) L_r(target)
+            (xs, ys), xt = batch["source"], batch["target"]
+            loss_c = self.source_loss(self.classifier(self.backbone(xs)), ys)
+            loss_r = self.reconstruction_loss(xt)
+            self._idle = None
+            return self.check_finite(self.trade_off * loss_c + (1.0 - self.trade_off) * loss_r)
         if "source" in batch:
             # classification step on source: lambda * L_c
             xs, ys = batch["source"]
@@ -61,11 +77,15 @@ class DRCN(DomainAdaptation):
             self._idle = self.decoder
         else:
             # reconstruction step on target: (1 - lambda) * L_r
-            xt = batch["target"]
-            loss = (1.0 - self.trade_off) * F.mse_loss(self.decoder(self.backbone(xt)).float(), xt.float())
-            self.log_train({"train/recon_loss": loss / (1.0 - self.trade_off)}, len(xt))
+            loss = (1.0 - self.trade_off) * self.reconstruction_loss(batch["target"])
             self._idle = self.classifier
         return self.with_all_parameters(self.check_finite(loss))
+
+    def reconstruction_loss(self, xt: torch.Tensor) -> torch.Tensor:
+        """L_r: mean squared error between target images and their reconstructions (both in [-1, 1])."""
+        loss = F.mse_loss(self.decoder(self.backbone(xt)).float(), xt.float())
+        self.log_train({"train/recon_loss": loss}, len(xt))
+        return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Under DDP the idle part got exact-zero gradients; drop them so it is not stepped (as without DDP)."""

@@ -1,0 +1,106 @@
+"""Options of the discrepancy methods: DAN's linear-time MK-MMD estimator (Eq. 6) and the bottleneck
+layer of DAN / CORAL."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datamodules.errors import ConfigError
+from lightning_modules.components.domain import mk_mmd2, mk_mmd2_linear
+from lightning_modules.coral import CORAL
+from lightning_modules.dan import DAN
+
+BACKBONE = {"name": "lenet", "pretrained": False}
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def test_linear_mmd_matches_its_formula_on_one_quad_tuple():
+    # one tuple: xs = (0, 1), xt = (3, 5); one kernel exp(-d^2 / 2)
+    xs, xt = torch.tensor([[0.0], [1.0]]), torch.tensor([[3.0], [5.0]])
+    k = lambda d: torch.exp(torch.tensor(-d * d / 2.0))  # noqa: E731
+    # g = k(xs1, xs2) + k(xt1, xt2) - k(xs1, xt2) - k(xs2, xt1)
+    expected = k(1.0) + k(2.0) - k(5.0) - k(2.0)
+    assert mk_mmd2_linear(xs, xt, kernel_num=1, bandwidth=2.0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_linear_mmd_is_unbiased_and_grows_with_a_shift():
+    g = torch.Generator().manual_seed(0)
+    same = torch.stack([mk_mmd2_linear(torch.randn(64, 4, generator=g), torch.randn(64, 4, generator=g),
+                                       bandwidth=8.0) for _ in range(300)])
+    # unbiased: the mean over draws of one law is ~0 (the quadratic estimate is > 0 by construction)
+    assert abs(same.mean().item()) < 3 * same.std().item() / 300**0.5
+    x, y = torch.randn(256, 4, generator=g), torch.randn(256, 4, generator=g)
+    shifted = [mk_mmd2_linear(x, y + s, bandwidth=8.0).item() for s in (0.0, 1.0, 3.0)]
+    assert shifted[0] < shifted[1] < shifted[2]
+    # same population quantity as the quadratic estimate, up to the quadratic one's bias
+    assert shifted[2] == pytest.approx(mk_mmd2(x, y + 3.0, bandwidth=8.0).item(), abs=0.05)
+    with pytest.raises(ValueError, match="at least 2"):
+        mk_mmd2_linear(x[:1], y[:1])
+
+
+def test_dan_estimator_option_is_checked_and_used():
+    with pytest.raises(ConfigError, match="model.estimator"):
+        DAN(BACKBONE, 10, 3, adam, estimator="cubic")
+    dan = DAN(BACKBONE, 10, 3, adam, estimator="linear")
+    x, y = torch.randn(8, 5), torch.randn(8, 5) + 1
+    assert torch.equal(dan.discrepancy(x, y), mk_mmd2_linear(x, y))
+
+
+def test_bottleneck_sits_between_backbone_and_classifier_and_can_be_adapted():
+    with pytest.raises(ConfigError, match="model.bottleneck"):
+        CORAL(BACKBONE, 10, 3, adam, layers=["bottleneck"])
+    plain = CORAL(BACKBONE, 10, 3, adam)
+    assert plain.bottleneck is None and plain.classifier.in_features == 500
+    model = DAN(BACKBONE, 10, 3, adam, bottleneck=32, layers=["bottleneck", "logits"]).eval()
+    x = torch.randn(4, 3, 28, 28)
+    feats = model.features(x, "target")
+    assert feats.shape == (4, 32) and model.classifier.in_features == 32
+    assert torch.allclose(model(x), model.classifier(feats))
+    # training adapts the named layers: the discrepancy sees the bottleneck and the logits
+    widths = []
+
+    def discrepancy(source, target):
+        widths.append((source.shape, target.shape))
+        return (source.mean() - target.mean()) ** 2
+
+    model.train()
+    model.discrepancy, model.log_train = discrepancy, lambda *a, **k: None
+    batch = {"source": (torch.randn(6, 3, 28, 28), torch.randint(0, 10, (6,))), "target": torch.randn(6, 3, 28, 28)}
+    model.training_step(batch, 0).backward()
+    assert widths == [(torch.Size([6, 32]), torch.Size([6, 32])), (torch.Size([6, 10]), torch.Size([6, 10]))]
+    assert model.bottleneck[0].weight.grad.abs().sum() > 0
+
+
+def test_drcn_joint_schedule_steps_on_both_terms_of_eq3():
+    from lightning_modules.drcn import DRCN
+
+    with pytest.raises(ConfigError, match="model.schedule"):
+        DRCN(BACKBONE, 10, 3, 28, adam, schedule="sometimes")
+    assert DRCN(BACKBONE, 10, 3, 28, adam).alternates_domains  # Algorithm 1 (default)
+    model = DRCN(BACKBONE, 10, 3, 28, adam, schedule="joint")
+    assert not model.alternates_domains  # the pair loader serves both domains every step
+    model.log_train = lambda *a, **k: None
+    batch = {"source": (torch.randn(4, 3, 28, 28), torch.randint(0, 10, (4,))), "target": torch.rand(4, 3, 28, 28)}
+    model.training_step(batch, 0).backward()
+    # lambda L_c reaches the classifier and (1 - lambda) L_r the decoder in the same step
+    assert model.classifier.weight.grad.abs().sum() > 0 and model.decoder.fc[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("adapt_dropout", [True, False])
+def test_adapt_dropout_false_measures_the_discrepancy_without_dropout(adapt_dropout):
+    model = CORAL(BACKBONE, 10, 3, adam, layers=["features"], adapt_dropout=adapt_dropout).train()
+    seen = []
+    model.discrepancy = lambda s, t: seen.append(s.detach().clone()) or (s.mean() - t.mean()) ** 2
+    model.log_train = lambda *a, **k: None
+    batch = {"source": (torch.randn(6, 3, 28, 28), torch.randint(0, 10, (6,))), "target": torch.randn(6, 3, 28, 28)}
+    for _ in range(2):
+        model.training_step(batch, 0)
+    # dropout on: two passes over one batch differ; off: both equal the test-time (eval) features
+    assert torch.equal(seen[0], seen[1]) is (not adapt_dropout)
+    if not adapt_dropout:
+        assert torch.allclose(seen[0], model.eval().backbone(batch["source"][0]), atol=1e-6)
+        model.train()
+    assert all(m.training for m in model.modules())  # dropout is switched back on
