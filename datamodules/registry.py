@@ -208,8 +208,26 @@ def _npz_arrays(path) -> tuple[np.ndarray, np.ndarray]:
         raise DataFormatError(f"{path} is not a readable .npz archive: {err}") from err
 
 
+def _grey_npz_digits(images, where: str) -> torch.Tensor:
+    """(N, H, W), (N, 1, H, W) or (N, H, W, 1) uint8 arrays -> (N, 1, H, W) uint8, for `blend_with_photos`."""
+    x = np.asarray(images)
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    elif x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 3 or x.dtype != np.uint8:
+        raise DataFormatError(
+            f"{where}: data.dataset.blend_with_photos=true needs grey uint8 images (N,H,W), got shape "
+            f"{tuple(np.shape(images))} dtype {np.asarray(images).dtype}"
+        )
+    return torch.as_tensor(x).unsqueeze(1)
+
+
 @register_dataset("npz")
-def _npz(root=None, download=False, path=None, train_path=None, test_path=None) -> RawSplits:
+def _npz(root=None, download=False, path=None, train_path=None, test_path=None,
+         blend_with_photos: bool = False, blend_seed: int = 0) -> RawSplits:
+    """`blend_with_photos: true` turns grey digits into colour ones exactly as `digits_m` is made
+    (`embedded.blend_with_photos`, seeded by `blend_seed`; split i of the file(s) uses `blend_seed + i`)."""
     if path is not None and (train_path or test_path):
         raise ConfigError("npz dataset: give either `path` (auto-split) or `train_path` + `test_path`, not both")
     if path is not None:
@@ -218,6 +236,11 @@ def _npz(root=None, download=False, path=None, train_path=None, test_path=None) 
         splits = {"train": _npz_arrays(train_path), "test": _npz_arrays(test_path)}
     else:
         raise ConfigError("npz dataset needs data.dataset.path=FILE.npz, or data.dataset.train_path and data.dataset.test_path")
+    if blend_with_photos:
+        splits = {
+            split: (embedded.blend_with_photos(_grey_npz_digits(images, f"npz {split}"), blend_seed + offset), labels)
+            for offset, (split, (images, labels)) in enumerate(splits.items())
+        }
     labels = np.concatenate([lab for _, lab in splits.values()])
     num_classes = int(labels.max()) + 1 if len(labels) else 0
     return RawSplits([str(i) for i in range(num_classes)], splits)
