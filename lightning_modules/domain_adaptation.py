@@ -24,6 +24,7 @@ Evaluation (test):
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from pathlib import Path
@@ -297,6 +298,19 @@ class DomainAdaptation(BaseMethod):
             title=f"{type(self).__name__}, {when} adaptation: colour = class, o source, x target")
 
 
+@contextlib.contextmanager
+def dropout_off(module: nn.Module):
+    """Dropout layers of `module` in eval mode inside the block (the activations the test sees)."""
+    dropouts = [m for m in module.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
+    for m in dropouts:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in dropouts:
+            m.train()
+
+
 class DiscrepancyAdaptation(DomainAdaptation):
     """Source cross-entropy plus `trade_off` x a discrepancy between source and target activations
     of the adapted layers (`features`: the backbone output, `logits`: the classifier output).
@@ -355,12 +369,8 @@ class DiscrepancyAdaptation(DomainAdaptation):
         n = len(xs)
         loss_y = self.source_loss(activations["logits"][:n], ys)
         if not self.adapt_dropout:
-            dropouts = [m for m in self.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
-            for m in dropouts:
-                m.eval()
-            activations = self.activations(torch.cat([xs, xt]))
-            for m in dropouts:
-                m.train()
+            with dropout_off(self):
+                activations = self.activations(torch.cat([xs, xt]))
         loss_d = sum(self.discrepancy(activations[k][:n], activations[k][n:]) for k in self.layers)
         weight = self.trade_off * (adaptation_weight(self.progress) if self.ramp else 1.0)
         self.log_train({"train/discrepancy": loss_d}, n, on_step=True)
