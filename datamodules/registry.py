@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import embedded
-from .datasets import ImageFileDataset, TensorImageDataset
+from .datasets import ImageFileDataset, TensorImageDataset, to_nchw_uint8
 from .errors import ConfigError, DataFormatError, DataNotFoundError
 from .splits import stratified_split
 
@@ -209,18 +209,14 @@ def _npz_arrays(path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _grey_npz_digits(images, where: str) -> torch.Tensor:
-    """(N, H, W), (N, 1, H, W) or (N, H, W, 1) uint8 arrays -> (N, 1, H, W) uint8, for `blend_with_photos`."""
-    x = np.asarray(images)
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    elif x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim != 3 or x.dtype != np.uint8:
+    """Grey images in any layout `to_nchw_uint8` reads -> (N, 1, H, W) uint8, for `blend_with_photos`."""
+    x = to_nchw_uint8(images)
+    if x.shape[1] != 1:
         raise DataFormatError(
             f"{where}: data.dataset.blend_with_photos=true needs grey uint8 images (N,H,W), got shape "
-            f"{tuple(np.shape(images))} dtype {np.asarray(images).dtype}"
+            f"{tuple(np.shape(images))} ({x.shape[1]} channels)"
         )
-    return torch.as_tensor(x).unsqueeze(1)
+    return x
 
 
 @register_dataset("npz")

@@ -365,12 +365,12 @@ class DiscrepancyAdaptation(DomainAdaptation):
 
     def training_step(self, batch, batch_idx):
         (xs, ys), xt = batch["source"], batch["target"]
-        activations = self.activations(torch.cat([xs, xt]))
-        n = len(xs)
+        x, n = torch.cat([xs, xt]), len(xs)
+        activations = self.activations(x)
         loss_y = self.source_loss(activations["logits"][:n], ys)
         if not self.adapt_dropout:
             with dropout_off(self):
-                activations = self.activations(torch.cat([xs, xt]))
+                activations = self.activations(x)
         loss_d = sum(self.discrepancy(activations[k][:n], activations[k][n:]) for k in self.layers)
         weight = self.trade_off * (adaptation_weight(self.progress) if self.ramp else 1.0)
         self.log_train({"train/discrepancy": loss_d}, n, on_step=True)

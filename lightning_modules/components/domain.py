@@ -42,6 +42,11 @@ def gaussian_kernels(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, 
     n = len(z)
     if bandwidth is None:
         bandwidth = (d2.sum() / max(n * n - n, 1)).detach().clamp_min(1e-12)
+    return kernel_family(d2, bandwidth, kernel_mul, kernel_num)
+
+
+def kernel_family(d2: torch.Tensor, bandwidth, kernel_mul: float, kernel_num: int) -> torch.Tensor:
+    """DAN's multi-kernel k = 1/K sum_k exp(-d2 / (bandwidth * kernel_mul**k)), k centred on 0 (Eq. 3)."""
     base = bandwidth / kernel_mul ** (kernel_num // 2)
     # equal weights beta_k = 1 / kernel_num (a convex combination, Eq. 3), so every k(x, x) = 1
     return sum(torch.exp(-d2 / (base * kernel_mul**k)) for k in range(kernel_num)) / kernel_num
@@ -75,8 +80,7 @@ def mk_mmd2_linear(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, ke
     d2 = torch.stack([(a - b).pow(2).sum(1) for a, b in ((s1, s2), (t1, t2), (s1, t2), (s2, t1))])
     if bandwidth is None:
         bandwidth = d2.mean().detach().clamp_min(1e-12)
-    base = bandwidth / kernel_mul ** (kernel_num // 2)
-    k = sum(torch.exp(-d2 / (base * kernel_mul**j)) for j in range(kernel_num)) / kernel_num
+    k = kernel_family(d2, bandwidth, kernel_mul, kernel_num)
     return (k[0] + k[1] - k[2] - k[3]).mean()
 
 
