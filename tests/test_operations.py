@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import time
 import zipfile
 from pathlib import Path
 
@@ -234,7 +235,14 @@ def test_offline_wandb_run_dir_and_resume_reuse_the_run_id(tmp_path, monkeypatch
     run_id = (tmp_path / "wandb_id.txt").read_text().strip()
     first = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(first) == 1
-    record = (first[0] / f"run-{run_id}.wandb").read_bytes()  # offline: config and metrics wait here for `wandb sync`
+    # offline: config and metrics wait here for `wandb sync`; wandb's service process may still be
+    # writing the file when finish() returns, so give it a few seconds
+    record_file, record = first[0] / f"run-{run_id}.wandb", b""
+    for _ in range(60):
+        record = record_file.read_bytes()
+        if b"data.batch_size=32" in record:
+            break
+        time.sleep(0.5)
     assert b"lightning_modules.supervised.Supervised" in record and b"data.batch_size=32" in record  # config, name
     assert "test/acc" in read_results(tmp_path)["metrics"]
     run_in_process(*common, "trainer.max_epochs=2", "ckpt_path=last", run_dir=tmp_path)
