@@ -1,7 +1,7 @@
 """View augmentations for self-supervised learning (SimCLR, Chen et al. 2020, Appendix A; MoCo v2).
 
 One random view = random resized crop -> horizontal flip -> colour jitter (p) -> grayscale (p) ->
-Gaussian blur (p), plus the 4-way rotation of Gidaris et al. (2018) for the rotation pretext.
+Gaussian blur (p) -> invert (p, off by default), plus the 4-way rotation of Gidaris et al. (2018) for the rotation pretext.
 
 Two interchangeable paths, chosen by `augment.backend`:
 
@@ -50,11 +50,15 @@ class AugmentSpec:
     blur_p: float | None = None
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel: int | None = None
+    # Photometric inversion (1 - x). Off in SimCLR; on MNIST-M-style digits (a photo patch blended by
+    # |patch - digit|) a digit is dark on bright patches and bright on dark ones, and inversion keeps
+    # that polarity from identifying a view.
+    invert_p: float = 0.0
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ConfigError(f"augment.backend={self.backend!r}; choices: {list(BACKENDS)}")
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "invert_p"):
             p = getattr(self, name)
             if p is not None and not 0.0 <= p <= 1.0:
                 raise ConfigError(f"augment.{name}={p} must lie in [0, 1]")
@@ -103,6 +107,7 @@ class ViewParams:
     gray: torch.Tensor  # bool
     blur: torch.Tensor  # bool
     sigma: torch.Tensor
+    invert: torch.Tensor  # bool
 
     def __getitem__(self, i: int) -> dict:
         return {f.name: getattr(self, f.name)[i].item() for f in fields(self)}
@@ -175,6 +180,8 @@ class ViewAugmenter:
             gray=bern(s.grayscale_p) if colour else torch.zeros(n, dtype=torch.bool, device=device),
             blur=bern(s.blur_p),
             sigma=_uniform(n, *s.blur_sigma, g, device),
+            # drawn only when used, so that runs without inversion keep their random stream
+            invert=bern(s.invert_p) if s.invert_p > 0 else torch.zeros(n, dtype=torch.bool, device=device),
         )
 
     # ---- per-sample path: torchvision transforms v2 -------------------------------------------
@@ -194,6 +201,8 @@ class ViewAugmenter:
             x = TF.rgb_to_grayscale(x, num_output_channels=3)
         if p["blur"]:
             x = TF.gaussian_blur(x, [self.spec.blur_kernel] * 2, [p["sigma"]] * 2)
+        if p["invert"]:
+            x = TF.invert(x)
         return x
 
     def __call__(self, image: torch.Tensor, generator=None) -> torch.Tensor:
@@ -215,7 +224,7 @@ class ViewAugmenter:
             x = torch.where(p.gray.view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
         if p.blur.any():
             x = torch.where(p.blur.view(-1, 1, 1, 1), gaussian_blur_batch(x, self.spec.blur_kernel, p.sigma), x)
-        return x
+        return torch.where(p.invert.view(-1, 1, 1, 1), 1 - x, x)
 
     def batch(self, images_uint8: torch.Tensor, generator=None) -> torch.Tensor:
         """uint8 (N, C, H, W) on any device -> one independent random view per image, float [-1, 1]."""

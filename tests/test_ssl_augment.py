@@ -18,7 +18,7 @@ def _images(n, c, size, seed=0):
 
 
 def _augmenter(c, size, **kw):
-    return ViewAugmenter(AugmentSpec(**{"blur_p": 0.5, **kw}), image_size=size, channels=c)
+    return ViewAugmenter(AugmentSpec(**{"blur_p": 0.5, "invert_p": 0.3, **kw}), image_size=size, channels=c)
 
 
 def test_strengths_scale_with_image_size_and_channels():
@@ -50,7 +50,8 @@ def test_parameters_in_range(channels):
     for f in (p.brightness, p.contrast):
         assert f.min() >= 1 - k and f.max() <= 1 + k
     assert (p.sigma >= s.blur_sigma[0]).all() and (p.sigma <= s.blur_sigma[1]).all()
-    for flag, prob in ((p.flip, s.flip_p), (p.jitter, s.jitter_p), (p.blur, s.blur_p), (p.gray, s.grayscale_p)):
+    for flag, prob in ((p.flip, s.flip_p), (p.jitter, s.jitter_p), (p.blur, s.blur_p), (p.gray, s.grayscale_p),
+                       (p.invert, s.invert_p)):
         assert abs(flag.float().mean().item() - prob) < 0.04
     if channels == 3:
         assert p.hue.abs().max() <= 0.2 * s.jitter_strength
@@ -76,10 +77,11 @@ def test_draws_are_independent_per_image():
 
 @pytest.mark.parametrize("channels,size,out", [(1, 28, 28), (3, 32, 32), (3, 40, 24)])
 def test_batched_equals_per_sample_torchvision_for_a_fixed_draw(channels, size, out):
-    aug = ViewAugmenter(AugmentSpec(blur_p=0.5, blur_kernel=5, jitter_strength=1.0), image_size=out, channels=channels)
+    spec = AugmentSpec(blur_p=0.5, blur_kernel=5, jitter_strength=1.0, invert_p=0.5)
+    aug = ViewAugmenter(spec, image_size=out, channels=channels)
     x = _images(24, channels, size).float() / 255
     p = aug.sample(len(x), size, size, torch.Generator().manual_seed(3))
-    assert p.jitter.any() and p.blur.any() and p.flip.any()
+    assert p.jitter.any() and p.blur.any() and p.flip.any() and p.invert.any() and not p.invert.all()
     batched = aug.apply(x, p)
     single = torch.stack([aug.single(x[i], p[i]) for i in range(len(x))])
     assert batched.shape == (24, channels, out, out)
