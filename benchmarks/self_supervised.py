@@ -50,7 +50,7 @@ DATASETS = {
         {},
     ),
     # textured colour digits with the tuned presets (benchmarks/results/ssl_textured.md):
-    # `<method>_digits_m` (100 epochs) and `<method>_mnist_m` (the MNIST file blended with photo patches)
+    # `<method>_digits_m` and `<method>_mnist_m` (the MNIST file blended with photo patches)
     "digits_m_preset": (lambda m: [f"experiment={m}_digits_m"], {}),
     "mnist_m": (lambda m: [f"experiment={m}_mnist_m"], {}),
 }

@@ -36,6 +36,8 @@ def epochs(n: int) -> list[str]:
 # sweep -> setting -> overrides. digits_m: 1,257 training images, ~10 steps per epoch at batch 128.
 SWEEPS: dict[str, dict[str, list[str]]] = {
     "digits_m": {  # the longest runs first: jobs start in this order
+        "moco_400ep_invert": ["experiment=moco_digits_m", *epochs(400), *INVERT],
+        "moco_400ep_invert_m0.995": ["experiment=moco_digits_m", *epochs(400), *INVERT, "model.momentum=0.995"],
         "moco_200ep_invert": ["experiment=moco_digits_m", *epochs(200), *INVERT],
         "moco_200ep_invert_t0.2": ["experiment=moco_digits_m", *epochs(200), *INVERT, "model.temperature=0.2"],
         "moco_200ep_invert_m0.9": ["experiment=moco_digits_m", *epochs(200), *INVERT, "model.momentum=0.9"],
