@@ -1,7 +1,8 @@
 """View augmentations for self-supervised learning (SimCLR, Chen et al. 2020, Appendix A; MoCo v2).
 
 One random view = random resized crop -> horizontal flip -> colour jitter (p) -> grayscale (p) ->
-Gaussian blur (p) -> invert (p, off by default), plus the 4-way rotation of Gidaris et al. (2018) for the rotation pretext.
+Gaussian blur (p) -> invert (p, off by default), plus the 4-way rotation of Gidaris et al. (2018)
+for the rotation pretext.
 
 Two interchangeable paths, chosen by `augment.backend`:
 
