@@ -1,12 +1,12 @@
-"""Options of the discrepancy methods: DAN's linear-time MK-MMD estimator (Eq. 6) and the bottleneck
-layer of DAN / CORAL."""
+"""Options of the discrepancy methods: DAN's linear-time MK-MMD estimator (Eq. 6), its test-power kernel
+weights (Sec. 3.3) and the bottleneck layer of DAN / CORAL."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from datamodules.errors import ConfigError
-from lightning_modules.components.domain import mk_mmd2, mk_mmd2_linear
+from lightning_modules.components.domain import linear_time_terms, mk_mmd2, mk_mmd2_linear, max_power_kernel_weights
 from lightning_modules.coral import CORAL
 from lightning_modules.dan import DAN
 
@@ -47,6 +47,55 @@ def test_dan_estimator_option_is_checked_and_used():
     dan = DAN(BACKBONE, 10, 3, adam, estimator="linear")
     x, y = torch.randn(8, 5), torch.randn(8, 5) + 1
     assert torch.equal(dan.discrepancy(x, y), mk_mmd2_linear(x, y))
+
+
+def _qp_reference(g: torch.Tensor, ridge: float = 1e-3):
+    """The same QP solved by a general solver: min b^T A b s.t. d^T b = 1, b >= 0, then b / sum(b)."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    g = g.double().numpy()
+    g = g / np.abs(g.mean(1)).max()  # the normalised weights do not depend on the scale; the solver does
+    d, q = g.mean(1), np.cov(g)
+    a = q + ridge * q.diagonal().mean() * np.eye(len(d))
+    res = minimize(lambda b: b @ a @ b, np.full(len(d), 1.0 / d.max() / len(d)), jac=lambda b: 2 * a @ b,
+                   constraints=[{"type": "eq", "fun": lambda b: d @ b - 1, "jac": lambda b: d}],
+                   bounds=[(0, None)] * len(d), method="SLSQP", options={"ftol": 1e-14, "maxiter": 500})
+    assert res.success
+    return res.x / res.x.sum()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_max_power_kernel_weights_solve_the_papers_qp(seed):
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(128, 6, generator=gen), torch.randn(128, 6, generator=gen) * 1.5 + 0.8
+    g = linear_time_terms(x, y, kernel_num=5)
+    beta = max_power_kernel_weights(g)
+    assert beta.min() >= 0 and beta.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert beta.numpy() == pytest.approx(_qp_reference(g), abs=1e-4)
+
+
+def test_max_power_kernel_weights_pick_the_informative_kernel_or_fall_back_to_equal():
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(3, 400, generator=gen)
+    g = torch.stack([noise[0] * 0.1, 0.5 + noise[1] * 0.1, noise[2] * 0.1])  # only kernel 1 sees a difference
+    beta = max_power_kernel_weights(g)
+    assert beta[1] > 0.9
+    flat = max_power_kernel_weights(-torch.ones(3, 10) + 0.01 * torch.randn(3, 10, generator=gen))  # no positive MMD^2
+    assert torch.allclose(flat, torch.full((3,), 1 / 3))
+
+
+def test_dan_test_power_option_uses_those_weights():
+    with pytest.raises(ConfigError, match="model.kernel_weights"):
+        DAN(BACKBONE, 10, 3, adam, kernel_weights="learned")
+    dan = DAN(BACKBONE, 10, 3, adam, kernel_weights="test_power")
+    x, y = torch.randn(16, 5), torch.randn(16, 5) * 2 + 1
+    beta = max_power_kernel_weights(linear_time_terms(x, y))
+    assert torch.allclose(dan.discrepancy(x, y), mk_mmd2(x, y, weights=beta))
+    assert not torch.allclose(beta, torch.full((5,), 0.2))
+    # equal weights reproduce the default family exactly
+    assert torch.allclose(mk_mmd2(x, y, weights=torch.full((5,), 0.2)), mk_mmd2(x, y))
+    assert torch.allclose(mk_mmd2_linear(x, y, weights=torch.full((5,), 0.2)), mk_mmd2_linear(x, y))
 
 
 def test_bottleneck_sits_between_backbone_and_classifier_and_can_be_adapted():
