@@ -42,6 +42,8 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "moco_200ep_invert_t0.2": ["experiment=moco_digits_m", *epochs(200), *INVERT, "model.temperature=0.2"],
         "moco_200ep_invert_m0.9": ["experiment=moco_digits_m", *epochs(200), *INVERT, "model.momentum=0.9"],
         "simclr_200ep_invert": ["experiment=simclr_digits_m", *epochs(200), *INVERT],
+        "simclr_200ep": ["experiment=simclr_digits_m", *epochs(200), "model.datamodule.augment.invert_p=0"],
+        "moco_400ep": ["experiment=moco_digits_m", *epochs(400), "model.datamodule.augment.invert_p=0"],
         "moco_100ep": ["experiment=moco_digits_m", *epochs(100)],
         "moco_100ep_invert": ["experiment=moco_digits_m", *epochs(100), *INVERT],
         "simclr_100ep": ["experiment=simclr_digits_m", *epochs(100)],
