@@ -53,7 +53,7 @@ class AugmentSpec:
     blur_kernel: int | None = None
     # Photometric inversion (1 - x). Off in SimCLR; on MNIST-M-style digits (a photo patch blended by
     # |patch - digit|) a digit is dark on bright patches and bright on dark ones, and inversion keeps
-    # that polarity from identifying a view.
+    # that polarity from identifying a view. (On digits_m it hurt SimCLR and MoCo: ssl_textured.md.)
     invert_p: float = 0.0
 
     def __post_init__(self):
