@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run_many import results_of, run_jobs  # noqa: E402
+from run_many import mean_sd, results_of, run_jobs  # noqa: E402
 
 OUT = ROOT / "outputs" / "benchmarks" / "ssl_sweep"
 NO_TSNE = ["model.evaluation.tsne=false"]
@@ -73,10 +73,9 @@ def last_logged(run_dir: Path, metric: str) -> float | None:
 
 
 def fmt(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = f"{100 * statistics.mean(values):.2f}"
-    return mean + (f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else "")
+    if len(values) < 2:  # one seed: its value alone, no spread
+        return f"{100 * values[0]:.2f}" if values else "-"
+    return mean_sd(values, scale=100, digits=2)
 
 
 def table(sweeps: list[str], seeds: list[int]) -> str:

@@ -54,11 +54,16 @@ def kernel_family(d2: torch.Tensor, bandwidth, kernel_mul: float, kernel_num: in
     `weights` = beta (non-negative, summing to 1); None = equal weights 1 / kernel_num. Either way
     every k(x, x) = 1.
     """
-    base = bandwidth / kernel_mul ** (kernel_num // 2)
-    kernels = torch.stack([torch.exp(-d2 / (base * kernel_mul**k)) for k in range(kernel_num)])
+    kernels = kernel_stack(d2, bandwidth, kernel_mul, kernel_num)
     if weights is None:
         return kernels.mean(0)
     return torch.tensordot(weights.to(kernels), kernels, dims=1)
+
+
+def kernel_stack(d2: torch.Tensor, bandwidth, kernel_mul: float, kernel_num: int) -> torch.Tensor:
+    """exp(-d2 / (bandwidth * kernel_mul**k)) for k = -(kernel_num // 2) .. : a (kernel_num, *d2.shape) tensor."""
+    base = bandwidth / kernel_mul ** (kernel_num // 2)
+    return torch.stack([torch.exp(-d2 / (base * kernel_mul**k)) for k in range(kernel_num)])
 
 
 def mk_mmd2(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, kernel_num: int = 5,
@@ -88,8 +93,7 @@ def linear_time_terms(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0,
     d2 = torch.stack([(a - b).pow(2).sum(1) for a, b in ((s1, s2), (t1, t2), (s1, t2), (s2, t1))])
     if bandwidth is None:
         bandwidth = d2.mean().detach().clamp_min(1e-12)
-    base = bandwidth / kernel_mul ** (kernel_num // 2)
-    k = torch.stack([torch.exp(-d2 / (base * kernel_mul**j)) for j in range(kernel_num)])  # (K, 4, n/2)
+    k = kernel_stack(d2, bandwidth, kernel_mul, kernel_num)  # (K, 4, n/2)
     return k[:, 0] + k[:, 1] - k[:, 2] - k[:, 3]
 
 
