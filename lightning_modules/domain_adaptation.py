@@ -323,13 +323,17 @@ class DiscrepancyAdaptation(DomainAdaptation):
     `adapt_dropout: false` measures the discrepancy on a second forward pass with dropout off (the
     activations the test sees); the cross-entropy keeps its dropout pass. Default true: one pass,
     the discrepancy on the same dropped-out activations as the classifier.
+    `normalize: true` takes the discrepancy between L2-normalised activations (each row scaled to
+    unit length), as the contrastive domain discrepancy of Kang et al. (CAN, CVPR 2019) does: the
+    kernels then compare directions, so the network cannot lower the term by changing the scale of a
+    few large target activations. Default false (both papers use the raw activations).
     """
 
     LAYERS = ("features", "bottleneck", "logits")
 
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, trade_off: float = 1.0,
                  layers=("features", "logits"), ramp: bool = False, bottleneck: int | None = None,
-                 adapt_dropout: bool = True, **common):
+                 adapt_dropout: bool = True, normalize: bool = False, **common):
         super().__init__(backbone, num_classes, in_chans, optimizer, **common)
         unknown = sorted(set(layers) - set(self.LAYERS))
         if unknown or not layers:
@@ -339,6 +343,7 @@ class DiscrepancyAdaptation(DomainAdaptation):
         if bottleneck is not None and bottleneck < 1:
             raise ConfigError(f"model.bottleneck={bottleneck} must be a positive width or null")
         self.trade_off, self.layers, self.ramp, self.adapt_dropout = trade_off, list(layers), ramp, adapt_dropout
+        self.normalize = normalize
         self.bottleneck = None
         if bottleneck is not None:
             self.bottleneck = nn.Sequential(nn.Linear(self.backbone.num_features, bottleneck), nn.ReLU())
@@ -371,6 +376,8 @@ class DiscrepancyAdaptation(DomainAdaptation):
         if not self.adapt_dropout:
             with dropout_off(self):
                 activations = self.activations(x)
+        if self.normalize:
+            activations = {k: F.normalize(a, dim=1) for k, a in activations.items()}
         loss_d = sum(self.discrepancy(activations[k][:n], activations[k][n:]) for k in self.layers)
         weight = self.trade_off * (adaptation_weight(self.progress) if self.ramp else 1.0)
         self.log_train({"train/discrepancy": loss_d}, n, on_step=True)

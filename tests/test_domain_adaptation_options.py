@@ -153,3 +153,16 @@ def test_adapt_dropout_false_measures_the_discrepancy_without_dropout(adapt_drop
         assert torch.allclose(seen[0], model.eval().backbone(batch["source"][0]), atol=1e-6)
         model.train()
     assert all(m.training for m in model.modules())  # dropout is switched back on
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_normalize_takes_the_discrepancy_between_unit_length_activations(normalize):
+    model = DAN(BACKBONE, 10, 3, adam, layers=["features", "logits"], normalize=normalize).train()
+    seen = []
+    model.discrepancy = lambda s, t: seen.append((s.detach(), t.detach())) or mk_mmd2(s, t)
+    model.log_train = lambda *a, **k: None
+    batch = {"source": (torch.randn(6, 3, 28, 28), torch.randint(0, 10, (6,))), "target": torch.randn(6, 3, 28, 28)}
+    model.training_step(batch, 0)
+    norms = torch.cat([torch.cat([s, t]).norm(dim=1) for s, t in seen])
+    # on: every row of every adapted layer has length 1; off: the raw activations (LeNet's are not unit length)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5) is normalize
