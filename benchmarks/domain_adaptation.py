@@ -3,6 +3,8 @@
     python benchmarks/domain_adaptation.py --pairs digits --seeds 0 1 2           # embedded pair
     python benchmarks/domain_adaptation.py --pairs mnist_usps usps_mnist          # ../shared/data
     python benchmarks/domain_adaptation.py --report                              # table from the json
+    python benchmarks/domain_adaptation.py --pairs mnist_usps --epochs 100 --batch-size 32 \
+        --json benchmarks/results/domain_adaptation_long.json --md benchmarks/results/domain_adaptation_long.md
 
 Each run is `python run.py experiment=<method>_<pair> seed=S model.tsne=false ...` composed in
 process (same code path as the CLI, without a new interpreter per run) with the training length
@@ -80,10 +82,10 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def report(rows: list[dict]) -> str:
+def report(rows: list[dict], title: str = "Domain adaptation benchmark") -> str:
     commands = list(dict.fromkeys(r["command"] for r in rows))
     lines = [
-        "# Domain adaptation benchmark",
+        f"# {title}",
         "",
         f"Machine: 2-core CPU, no GPU, shared with other jobs (`torch.set_num_threads(1)`). "
         f"Date: {datetime.date.today()}. Target test accuracy (%), mean ± std over seeds; "
@@ -129,6 +131,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
     parser.add_argument("--json", type=Path, default=RESULTS / "domain_adaptation.json")
+    parser.add_argument("--md", type=Path, default=RESULTS / "domain_adaptation.md",
+                        help="markdown table written from --json (keep the pair apart per budget)")
+    parser.add_argument("--title", default="Domain adaptation benchmark")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks" / "domain_adaptation")
     parser.add_argument("--report", action="store_true", help="only rewrite the markdown from the json")
     args = parser.parse_args()
@@ -148,10 +153,10 @@ def main() -> None:
                     args.json.parent.mkdir(parents=True, exist_ok=True)
                     args.json.write_text(json.dumps(store, indent=1) + "\n")
     # hand-written analysis below "## Notes" survives regeneration
-    md = RESULTS / "domain_adaptation.md"
+    md = args.md
     old = md.read_text() if md.is_file() else ""
     notes = old[old.index(NOTES):] if NOTES in old else ""
-    md.write_text(report(store["rows"]) + "\n" + notes)
+    md.write_text(report(store["rows"], args.title) + "\n" + notes)
 
 
 if __name__ == "__main__":
