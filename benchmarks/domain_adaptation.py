@@ -18,6 +18,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -141,7 +142,7 @@ def main() -> None:
 
     store = json.loads(args.json.read_text()) if args.json.is_file() else {"rows": []}
     if not args.report:
-        command = "python benchmarks/domain_adaptation.py " + " ".join(sys.argv[1:])
+        command = "python benchmarks/domain_adaptation.py " + shlex.join(sys.argv[1:])
         for pair in args.pairs:
             for method in args.methods:
                 for seed in args.seeds:
