@@ -3,8 +3,10 @@
     python benchmarks/domain_adaptation.py --pairs digits --seeds 0 1 2           # embedded pair
     python benchmarks/domain_adaptation.py --pairs mnist_usps usps_mnist          # ../shared/data
     python benchmarks/domain_adaptation.py --report                              # table from the json
-    python benchmarks/domain_adaptation.py --pairs mnist_usps --epochs 100 --batch-size 32 \
-        --json benchmarks/results/domain_adaptation_long.json --md benchmarks/results/domain_adaptation_long.md
+    python benchmarks/domain_adaptation.py --pairs mnist_usps usps_mnist --epochs 40 --steps-per-epoch 50 \
+        --batch-size 64 --json benchmarks/results/domain_adaptation_long.json \
+        --md benchmarks/results/domain_adaptation_long.md --out outputs/benchmarks/domain_adaptation_long
+                                                    # another budget keeps its own json and table
 
 Each run is `python run.py experiment=<method>_<pair> seed=S model.tsne=false ...` composed in
 process (same code path as the CLI, without a new interpreter per run) with the training length
