@@ -376,9 +376,8 @@ class DiscrepancyAdaptation(DomainAdaptation):
         if not self.adapt_dropout:
             with dropout_off(self):
                 activations = self.activations(x)
-        if self.normalize:
-            activations = {k: F.normalize(a, dim=1) for k, a in activations.items()}
-        loss_d = sum(self.discrepancy(activations[k][:n], activations[k][n:]) for k in self.layers)
+        adapted = [F.normalize(activations[k], dim=1) if self.normalize else activations[k] for k in self.layers]
+        loss_d = sum(self.discrepancy(a[:n], a[n:]) for a in adapted)
         weight = self.trade_off * (adaptation_weight(self.progress) if self.ramp else 1.0)
         self.log_train({"train/discrepancy": loss_d}, n, on_step=True)
         return self.check_finite(loss_y + weight * loss_d)
