@@ -9,6 +9,9 @@ is optimised by alternating (Algorithm 1): one step on the labeled source batch 
 classification loss, the next on the unlabeled target batch with the reconstruction (MSE) loss.
 lambda = 0.7 by default (`trade_off`).
 
+`denoise: r` corrupts a fraction r of the target pixels with impulse (salt-and-pepper) noise at the
+encoder input and reconstructs the clean image, the paper's denoising variant (0 = plain reconstruction).
+
 `schedule: joint` instead takes one step on Eq. 3 itself (both terms, a source and a target batch
 per step), so a run of N steps sees N source batches like every other method, not N / 2.
 """
@@ -47,13 +50,16 @@ class Decoder(nn.Module):
 
 class DRCN(DomainAdaptation):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, image_size: int, optimizer,
-                 trade_off: float = 0.7, decoder_width: int = 64, schedule: str = "alternate", **common):
+                 trade_off: float = 0.7, decoder_width: int = 64, schedule: str = "alternate",
+                 denoise: float = 0.0, **common):
         super().__init__(backbone, num_classes, in_chans, optimizer, **common)
         if not 0.0 < trade_off < 1.0:
             raise ConfigError(f"model.trade_off={trade_off} (DRCN's lambda) must lie in (0, 1)")
         if schedule not in SCHEDULES:
             raise ConfigError(f"model.schedule={schedule!r} is not a choice; choices: {list(SCHEDULES)}")
-        self.trade_off, self.schedule = trade_off, schedule
+        if not 0.0 <= denoise < 1.0:
+            raise ConfigError(f"model.denoise={denoise} (fraction of target pixels corrupted) must lie in [0, 1)")
+        self.trade_off, self.schedule, self.denoise = trade_off, schedule, denoise
         self.alternates_domains = schedule == "alternate"
         self.decoder = Decoder(self.backbone.num_features, in_chans, image_size, decoder_width)
         self._idle: nn.Module | None = None
@@ -82,10 +88,20 @@ class DRCN(DomainAdaptation):
         return self.with_all_parameters(self.check_finite(loss))
 
     def reconstruction_loss(self, xt: torch.Tensor) -> torch.Tensor:
-        """L_r: mean squared error between target images and their reconstructions (both in [-1, 1])."""
-        loss = F.mse_loss(self.decoder(self.backbone(xt)).float(), xt.float())
+        """L_r: mean squared error between target images and their reconstructions (both in [-1, 1]);
+        with `denoise` the encoder sees a corrupted copy and the clean image is the target."""
+        loss = F.mse_loss(self.decoder(self.backbone(self.corrupt(xt))).float(), xt.float())
         self.log_train({"train/recon_loss": loss}, len(xt))
         return loss
+
+    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+        """Impulse noise: each pixel (all channels together) becomes black (-1) or white (+1) with
+        probability `denoise`, either colour equally often."""
+        if self.denoise == 0.0:
+            return x
+        hit = torch.rand(x.shape[0], 1, *x.shape[2:], device=x.device) < self.denoise
+        salt = torch.rand(hit.shape, device=x.device) < 0.5
+        return torch.where(hit, salt.to(x.dtype) * 2 - 1, x)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Under DDP the idle part got exact-zero gradients; drop them so it is not stepped (as without DDP)."""

@@ -166,3 +166,25 @@ def test_normalize_takes_the_discrepancy_between_unit_length_activations(normali
     norms = torch.cat([torch.cat([s, t]).norm(dim=1) for s, t in seen])
     # on: every row of every adapted layer has length 1; off: the raw activations (LeNet's are not unit length)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5) is normalize
+
+
+def test_drcn_denoise_reconstructs_the_clean_image_from_an_impulse_corrupted_input():
+    from lightning_modules.drcn import DRCN
+
+    with pytest.raises(ConfigError, match="model.denoise"):
+        DRCN(BACKBONE, 10, 3, 28, adam, denoise=1.0)
+    torch.manual_seed(0)
+    model = DRCN(BACKBONE, 10, 3, 28, adam, denoise=0.3)
+    x = torch.rand(8, 3, 28, 28) * 0.5 - 0.25  # no pixel at -1 or +1 before corruption
+    noisy = model.corrupt(x)
+    hit = (noisy != x).any(1)  # a hit pixel changes in all channels, to -1 or +1
+    assert 0.25 < hit.float().mean() < 0.35
+    assert set(noisy.permute(0, 2, 3, 1)[hit].unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(DRCN(BACKBONE, 10, 3, 28, adam).corrupt(x), x)  # denoise 0: untouched
+    seen = []
+    model.backbone.forward = lambda inp: seen.append(inp) or torch.zeros(len(inp), model.backbone.num_features)
+    model.log_train = lambda *a, **k: None
+    model.reconstruction_loss(x)
+    assert (seen[0] != x).any()  # the encoder saw the corrupted copy ...
+    expected = torch.nn.functional.mse_loss(model.decoder(torch.zeros(8, model.backbone.num_features)), x)
+    assert model.reconstruction_loss(x).item() == pytest.approx(expected.item(), rel=1e-5)  # ... the clean x is the target
