@@ -84,3 +84,25 @@ def test_supervised_run_with_train_augment_changes_training_batches_only(tmp_pat
     FakeTrainer.training = True
     zoomed = dm.on_after_batch_transfer((x, y), 0)[0]
     assert not torch.equal(zoomed, x) and (zoomed[..., :3, :] == -1).all()  # training: zoomed out, black border
+
+
+def test_pair_batches_augment_source_and_target_images_not_labels():
+    """Domain adaptation: both domains' training images get their own draws; labels pass through."""
+    from datamodules.pair import PairDataModule
+
+    dm = PairDataModule({"name": "digits"}, {"name": "digits_m"}, channels=3, train_augment={"scale": [0.5, 0.5]})
+    dm.setup("fit")
+    xs = torch.stack([dm.source.train[i][0] for i in range(4)])
+    xt = torch.stack([dm.target.train[i][0] for i in range(4)])
+    ys = torch.arange(4)
+
+    class FakeTrainer:
+        training, global_rank = True, 0
+
+    dm.trainer = FakeTrainer()
+    out = dm.on_after_batch_transfer({"source": (xs, ys), "target": xt}, 0)
+    (xs_aug, ys_out), xt_aug = out["source"], out["target"]
+    assert torch.equal(ys_out, ys)
+    for before, after in ((xs, xs_aug), (xt, xt_aug)):
+        assert after.shape == before.shape and not torch.equal(after, before)
+        assert (after[..., :3, :] == -1).all()  # zoomed out to half size: black border
