@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["supervised", "transfer", "ssl", "ssl_textured", "domain_adaptation", "domain_adaptation_long", "clustering", "pseudolabel", "pseudolabel_runs",
+ORDER = ["supervised", "transfer", "ssl", "ssl_textured", "domain_adaptation", "domain_adaptation_long", "domain_adaptation_aug",
+         "clustering", "pseudolabel", "pseudolabel_runs",
          "ddpm", "operations", "throughput"]
 
 
