@@ -98,9 +98,37 @@ def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
 # build
 
 
-def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+def init_parameters(cls: type) -> set[str]:
+    """Keyword arguments a class takes, through `**kwargs` handed to its bases."""
+    import inspect
+
+    return {name for klass in cls.__mro__ if "__init__" in vars(klass)
+            for name, p in inspect.signature(klass.__init__).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"}
+
+
+def datamodule_options(cfg: DictConfig) -> dict:
+    """`data.*` as the DataModule's arguments. data.image_size null = the size the backbone declares
+    (LeNet 28, a pretrained net its weights' size), for single datasets and pairs alike; options of another
+    batch shape left at null are dropped, set ones are an error naming the DataModule's options."""
+    from lightning_modules.components.backbones import declared_input_size
+
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    datamodule = instantiate(cfg.model.datamodule, **data, _convert_="all")
+    backbone = cfg.model.get("backbone") or {}
+    if data.get("image_size") is None and backbone.get("name"):
+        data["image_size"] = declared_input_size(backbone.name, bool(backbone.get("pretrained")))
+    dm_class = get_class(cfg.model.datamodule._target_)
+    accepted = init_parameters(dm_class)
+    unknown = sorted(key for key, value in data.items() if key not in accepted and value is not None)
+    if unknown:
+        choices = HydraConfig.get().runtime.choices
+        raise ConfigError(f"data.{unknown[0]} is not an option of model={choices.get('model')} "
+                          f"({dm_class.__name__}); its data options: {', '.join(sorted(accepted))}")
+    return {key: value for key, value in data.items() if key in accepted}
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    datamodule = instantiate(cfg.model.datamodule, **datamodule_options(cfg), _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
@@ -287,5 +315,39 @@ def main(cfg: DictConfig) -> float | None:
     return run(cfg)
 
 
+# Command-line forms of earlier versions, and what replaced them (checked before Hydra composes).
+DA_PROTOCOLS = {"digits": "digits_digits_m", "mnist_usps": "mnist_usps", "usps_mnist": "usps_mnist",
+                "mnist_mnistm": "mnist_mnistm", "svhn_mnist": "svhn_mnist"}
+DA_METHODS = ("source_only", "target_oracle", "dann", "adda", "drcn", "dan", "coral")
+SSL_PROTOCOLS = ("mnist", "mnist_m", "digits_m", "cifar10", "stl10")
+SSL_METHODS = ("simclr", "moco", "rotation")
+
+
+def legacy_form_error(args: list[str]) -> str | None:
+    """The new form of an option that an earlier version took, or None."""
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key.startswith("model.datamodule.") and key != "model.datamodule._target_":
+            return f"{key} is now data.{key.removeprefix('model.datamodule.')} (every DataModule option lives under data)"
+        if key != "experiment":
+            continue
+        for method in DA_METHODS + SSL_METHODS:
+            protocol = value.removeprefix(f"{method}_")
+            if protocol == value:
+                continue
+            new = DA_PROTOCOLS.get(protocol) if method in DA_METHODS else (
+                f"ssl_{protocol}" if protocol in SSL_PROTOCOLS else None)
+            if new:
+                return (f"experiment={value} is now experiment={new} model={method} "
+                        f"(a protocol preset combines with any method of its kind)")
+    return None
+
+
 if __name__ == "__main__":
+    import sys
+
+    legacy = legacy_form_error(sys.argv[1:])
+    if legacy:
+        print(f"error: {legacy}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -8,7 +8,7 @@
         --md benchmarks/results/domain_adaptation_long.md --out outputs/benchmarks/domain_adaptation_long
                                                     # another budget keeps its own json and table
 
-Each run is `python run.py experiment=<method>_<pair> seed=S model.tsne=false ...` composed in
+Each run is `python run.py experiment=<pair protocol> model=<method> seed=S model.tsne=false ...` composed in
 process (same code path as the CLI, without a new interpreter per run) with the training length
 given here (`--epochs` x `--steps-per-epoch` batches of `--batch-size` source and target images).
 Results accumulate in benchmarks/results/domain_adaptation.json (one row per run, rerunnable),
@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 METHODS = ["source_only", "dann", "adda", "drcn", "dan", "coral", "target_oracle"]
 PAIRS = ["digits", "mnist_usps", "usps_mnist"]
+PROTOCOL = {"digits": "digits_digits_m"}  # pair name -> its experiment preset (the others share the name)
 RESULTS = ROOT / "benchmarks" / "results"
 NOTES = "## Notes"
 # Target accuracy (%) reported in the papers, ADDA protocol (Tzeng et al. 2017, Table 2; DANN as
@@ -56,7 +57,7 @@ def run_one(method: str, pair: str, seed: int, args, out_dir: Path) -> dict:
 
     run_dir = out_dir / f"{method}_{pair}_s{seed}"
     overrides = [
-        f"experiment={method}_{pair}", f"seed={seed}", "model.tsne=false", "callbacks=none",
+        f"experiment={PROTOCOL.get(pair, pair)}", f"model={method}", f"seed={seed}", "model.tsne=false", "callbacks=none",
         f"trainer.max_epochs={args.epochs}", f"data.steps_per_epoch={args.steps_per_epoch}",
         f"data.batch_size={args.batch_size}", "++trainer.enable_progress_bar=false",
         "++trainer.enable_model_summary=false", "++trainer.limit_val_batches=0", f"hydra.run.dir={run_dir}",

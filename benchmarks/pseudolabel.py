@@ -37,8 +37,8 @@ def main() -> None:
     for n in args.labels:
         for seed in args.seeds:
             for arm, extra in ARMS.items():
-                jobs[f"n{n}_{arm}_s{seed}"] = ["experiment=pseudolabel_mnist", f"model.datamodule.num_labels={n}",
-                                               f"model.datamodule.label_seed={seed}", f"seed={seed}", *extra]
+                jobs[f"n{n}_{arm}_s{seed}"] = ["experiment=pseudolabel_mnist", f"data.num_labels={n}",
+                                               f"data.label_seed={seed}", f"seed={seed}", *extra]
     results = run_jobs(jobs, args.out, args.parallel)
 
     lines = [f"Measured {datetime.date.today()} on a 2-core CPU, no GPU (shared with other jobs), 1 thread per run.",

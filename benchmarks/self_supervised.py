@@ -43,7 +43,7 @@ RANDOM = "random_init"
 
 # dataset -> (overrides shared by all methods, per-method overrides)
 DATASETS = {
-    "mnist": (lambda m: [f"experiment={m}_mnist"], {}),
+    "mnist": (lambda m: ["experiment=ssl_mnist", f"model={m}"], {}),
     "digits_m": (
         lambda m: [f"model={m}", "data=digits_m", "data.batch_size=128", "trainer.max_epochs=15",
                    "+model.backbone.widths=[16,32,64]"],
@@ -51,8 +51,8 @@ DATASETS = {
     ),
     # textured colour digits with the tuned presets (benchmarks/results/ssl_textured.md):
     # `<method>_digits_m` and `<method>_mnist_m` (the MNIST file blended with photo patches)
-    "digits_m_preset": (lambda m: [f"experiment={m}_digits_m"], {}),
-    "mnist_m": (lambda m: [f"experiment={m}_mnist_m"], {}),
+    "digits_m_preset": (lambda m: ["experiment=ssl_digits_m", f"model={m}"], {}),
+    "mnist_m": (lambda m: ["experiment=ssl_mnist_m", f"model={m}"], {}),
 }
 
 

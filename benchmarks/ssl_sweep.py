@@ -26,8 +26,8 @@ from run_many import mean_sd, results_of, run_jobs  # noqa: E402
 
 OUT = ROOT / "outputs" / "benchmarks" / "ssl_sweep"
 NO_TSNE = ["model.evaluation.tsne=false"]
-INVERT = ["model.datamodule.augment.invert_p=0.5"]
-NO_INVERT = ["model.datamodule.augment.invert_p=0"]
+INVERT = ["data.augment.invert_p=0.5"]
+NO_INVERT = ["data.augment.invert_p=0"]
 
 
 def epochs(n: int) -> list[str]:
@@ -38,27 +38,27 @@ def epochs(n: int) -> list[str]:
 # Every setting names its epochs and inversion, so that it does not change when a preset does.
 SWEEPS: dict[str, dict[str, list[str]]] = {
     "digits_m": {  # the longest runs first: jobs start in this order
-        "moco_400ep_invert": ["experiment=moco_digits_m", *epochs(400), *INVERT],
-        "moco_400ep_invert_m0.995": ["experiment=moco_digits_m", *epochs(400), *INVERT, "model.momentum=0.995"],
-        "moco_200ep_invert": ["experiment=moco_digits_m", *epochs(200), *INVERT],
-        "moco_200ep_invert_t0.2": ["experiment=moco_digits_m", *epochs(200), *INVERT, "model.temperature=0.2"],
-        "moco_200ep_invert_m0.9": ["experiment=moco_digits_m", *epochs(200), *INVERT, "model.momentum=0.9"],
-        "simclr_200ep_invert": ["experiment=simclr_digits_m", *epochs(200), *INVERT],
-        "simclr_200ep": ["experiment=simclr_digits_m", *epochs(200), *NO_INVERT],
-        "moco_400ep": ["experiment=moco_digits_m", *epochs(400), *NO_INVERT],
-        "moco_100ep": ["experiment=moco_digits_m", *epochs(100), *NO_INVERT],
-        "moco_100ep_invert": ["experiment=moco_digits_m", *epochs(100), *INVERT],
-        "simclr_100ep": ["experiment=simclr_digits_m", *epochs(100), *NO_INVERT],
-        "simclr_100ep_invert": ["experiment=simclr_digits_m", *epochs(100), *INVERT],
-        "simclr_30ep_invert": ["experiment=simclr_digits_m", *epochs(30), *INVERT],
+        "moco_400ep_invert": ["experiment=ssl_digits_m", "model=moco", *epochs(400), *INVERT],
+        "moco_400ep_invert_m0.995": ["experiment=ssl_digits_m", "model=moco", *epochs(400), *INVERT, "model.momentum=0.995"],
+        "moco_200ep_invert": ["experiment=ssl_digits_m", "model=moco", *epochs(200), *INVERT],
+        "moco_200ep_invert_t0.2": ["experiment=ssl_digits_m", "model=moco", *epochs(200), *INVERT, "model.temperature=0.2"],
+        "moco_200ep_invert_m0.9": ["experiment=ssl_digits_m", "model=moco", *epochs(200), *INVERT, "model.momentum=0.9"],
+        "simclr_200ep_invert": ["experiment=ssl_digits_m", "model=simclr", *epochs(200), *INVERT],
+        "simclr_200ep": ["experiment=ssl_digits_m", "model=simclr", *epochs(200), *NO_INVERT],
+        "moco_400ep": ["experiment=ssl_digits_m", "model=moco", *epochs(400), *NO_INVERT],
+        "moco_100ep": ["experiment=ssl_digits_m", "model=moco", *epochs(100), *NO_INVERT],
+        "moco_100ep_invert": ["experiment=ssl_digits_m", "model=moco", *epochs(100), *INVERT],
+        "simclr_100ep": ["experiment=ssl_digits_m", "model=simclr", *epochs(100), *NO_INVERT],
+        "simclr_100ep_invert": ["experiment=ssl_digits_m", "model=simclr", *epochs(100), *INVERT],
+        "simclr_30ep_invert": ["experiment=ssl_digits_m", "model=simclr", *epochs(30), *INVERT],
         # the encoder is not trained; the probe and BatchNorm statistics run for 30 epochs
-        "random_init": ["experiment=simclr_digits_m", *epochs(30), *NO_INVERT, "model.train_encoder=false"],
+        "random_init": ["experiment=ssl_digits_m", "model=simclr", *epochs(30), *NO_INVERT, "model.train_encoder=false"],
     },
     # MNIST blended with photo patches: no validation split, so only settings fixed in advance
     # (MoCo with moco_mnist's 50 epochs, with and without inversion)
     "mnist_m": {
-        "moco_50ep": ["experiment=moco_mnist_m", *epochs(50), *NO_INVERT],
-        "moco_50ep_invert": ["experiment=moco_mnist_m", *epochs(50), *INVERT],
+        "moco_50ep": ["experiment=ssl_mnist_m", "model=moco", *epochs(50), *NO_INVERT],
+        "moco_50ep_invert": ["experiment=ssl_mnist_m", "model=moco", *epochs(50), *INVERT],
     },
 }
 

@@ -10,7 +10,7 @@ Parts (`--part`, default all):
             nn modules, loss and optimizer on data already in memory. The first `--warmup` steps are
             not timed; a step is timed from the end of one batch to the end of the next, so data
             loading and all per-step framework work count.
-  e2e       DANN MNIST->USPS with the ADDA-protocol preset (conf/experiment/dann_mnist_usps.yaml):
+  e2e       DANN MNIST->USPS with the ADDA-protocol preset (conf/experiment/mnist_usps.yaml with model=dann):
             `python run.py` wall time (start-up reported separately) vs a bare loop of the same steps.
   peers     SimCLR / MoCo steps vs lightly's building blocks, the DDPM step vs
             denoising-diffusion-pytorch's Unet + GaussianDiffusion (skipped with a message when the
@@ -64,7 +64,7 @@ METHOD_OVERRIDES: dict[str, list[str]] = {
     "moco": SINGLE + BACKBONE,
     "rotation": SINGLE + BACKBONE,
     "deepcluster": SINGLE + BACKBONE,
-    "pseudolabel": SINGLE + BACKBONE + ["model.t1=0", "model.t2=1", "model.datamodule.num_labels=1000"],
+    "pseudolabel": SINGLE + BACKBONE + ["model.t1=0", "model.t2=1", "data.num_labels=1000"],
     "ddpm": SINGLE + ["model.input.image_size=16", "model.input.channels=1", "model.unet.base_channels=16",
                       "model.unet.channel_mults=[1,2,4]", "model.grid.every_n_epochs=0"],
     "dann": DA, "dan": DA, "coral": DA, "drcn": DA, "source_only": DA, "target_oracle": DA,
@@ -435,10 +435,10 @@ TRAIN_ONLY = ("model.tsne=false", "trainer.limit_val_batches=0", "test=false")
 
 
 def bench_e2e(work: Path, max_epochs: int) -> dict:
-    """`python run.py experiment=dann_mnist_usps` (fit + test + every artefact) against a bare loop of the
+    """`python run.py experiment=mnist_usps model=dann` (fit + test + every artefact) against a bare loop of the
     same number of steps on the same preset. Start-up = the same command with train=false test=false
     (interpreter, imports, config, data, module, Trainer, results.json)."""
-    overrides = ["experiment=dann_mnist_usps", f"trainer.max_epochs={max_epochs}"]
+    overrides = ["experiment=mnist_usps", "model=dann", f"trainer.max_epochs={max_epochs}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
     def wall(*extra: str, run_dir: Path) -> float:

@@ -5,7 +5,7 @@ Source task: USPS (`../shared/data/usps_train.npz`, 16x16 resized to 28x28): LeN
 pretrained backbone.
 Target task: MNIST (`../shared/data/mnist_test.npz`, fixed stratified split seed 0: 7,000 train /
 1,000 val / 2,000 test) with 100, 1,000 and all training labels (class-balanced subset,
-`model.datamodule.num_labels`, label_seed 0).
+`data.num_labels`, label_seed 0).
 Rows: scratch (`model=supervised`), linear / partial / full (`model=finetune model.strategy=...`
 from the USPS encoder). Distillation: the `full` fine-tuned LeNet (1,000 labels) as teacher, a
 small CNN student (`small_cnn`, widths 8-16-32) distilled with the unlabeled training images in the
@@ -99,7 +99,7 @@ def target_overrides(budget: str, steps: int) -> list[str]:
     labels = "null" if budget == "all" else str(n)
     return [
         "data=npz", f"data.dataset.path={DATA / 'mnist_test.npz'}", f"data.batch_size={batch}",
-        f"++model.datamodule.num_labels={labels}", f"trainer.max_epochs={epochs}",
+        f"data.num_labels={labels}", f"trainer.max_epochs={epochs}",
         f"trainer.check_val_every_n_epoch={epochs}", f"callbacks.model_checkpoint.every_n_epochs={epochs}",
     ]
 

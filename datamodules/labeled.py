@@ -32,7 +32,7 @@ class LabeledDataModule(BaseDataModule):
         labels = np.asarray(train.labels)
         if not self.splits.num_classes <= int(self.num_labels) <= len(labels):
             raise ConfigError(
-                f"model.datamodule.num_labels={self.num_labels} must lie between the number of classes "
+                f"data.num_labels={self.num_labels} must lie between the number of classes "
                 f"({self.splits.num_classes}) and the training set size ({len(labels)}), or be null (all)"
             )
         return train.subset(class_balanced_subset(labels, int(self.num_labels), self.label_seed))

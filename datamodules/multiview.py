@@ -60,7 +60,7 @@ class MultiViewDataModule(LabeledDataModule):
                  knn_bank_size: int | None = None, **loader_options):
         super().__init__(dataset, **loader_options)
         if n_views < 1:
-            raise ConfigError(f"model.datamodule.n_views={n_views} must be >= 1")
+            raise ConfigError(f"data.n_views={n_views} must be >= 1")
         self.n_views = n_views
         self.spec = AugmentSpec.from_config(augment)
         self.knn_bank_size = knn_bank_size

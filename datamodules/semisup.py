@@ -44,7 +44,7 @@ class SemiSupervisedDataModule(BaseDataModule):
         n_classes = self.splits.num_classes
         if not n_classes <= self.num_labels < len(labels):
             raise ConfigError(
-                f"model.datamodule.num_labels={self.num_labels} must be at least the number of classes ({n_classes}) and "
+                f"data.num_labels={self.num_labels} must be at least the number of classes ({n_classes}) and "
                 f"below the training set size ({len(labels)})"
             )
         self.labeled_idx = class_balanced_subset(labels, self.num_labels, self.label_seed)

@@ -1,6 +1,6 @@
 """Random affine augmentation of labeled training batches, on the device.
 
-`model.datamodule.train_augment` (null = off) gives every training image its own draw of
+`data.train_augment` (null = off) gives every training image its own draw of
 - `scale` [min, max]: the object's size factor; < 1 zooms out (the image shrinks inside the frame),
 - `translate`: the largest shift, as a fraction of the image side,
 - `degrees`: the largest rotation either way,
@@ -34,7 +34,7 @@ class AffineAugment:
     padding: str = "zeros"
 
     def __post_init__(self):
-        where = "model.datamodule.train_augment"
+        where = "data.train_augment"
         self.scale = tuple(float(v) for v in self.scale)
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise ConfigError(f"{where}.scale={list(self.scale)} must be [min, max] with 0 < min <= max")
@@ -52,7 +52,7 @@ class AffineAugment:
         if cfg is None:
             return None
         cfg = dict(cfg)
-        check_known_options(cfg, [f.name for f in fields(cls)], "model.datamodule.train_augment")
+        check_known_options(cfg, [f.name for f in fields(cls)], "data.train_augment")
         return cls(**cfg)
 
     def draw(self, n: int, generator=None, device=None) -> dict[str, torch.Tensor]:

@@ -11,6 +11,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.errors import ConfigError
 
+from .components.schedules import progress
+
 
 class NonFiniteLossError(FloatingPointError):
     pass
@@ -55,6 +57,26 @@ class BaseMethod(pl.LightningModule):
             for name in self.compiled_children():
                 getattr(self, name).compile(**self.compile_options)
             self._nets_compiled = True
+
+    # ---- run progress: every schedule is a fraction of the run, never an absolute epoch count ----
+    @property
+    def total_batches(self) -> int:
+        """Training batches in the whole run (trainer.max_epochs x batches per epoch, or max_steps)."""
+        trainer = self.trainer
+        total = float("inf")
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            total = trainer.max_epochs * trainer.num_training_batches
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            total = min(total, trainer.max_steps)
+        if total == float("inf"):
+            raise ConfigError("this method's schedules follow the run's progress: set trainer.max_epochs or trainer.max_steps")
+        return int(total)
+
+    @property
+    def progress(self) -> float:
+        """p in [0, 1]: training batches done / the run's total batches."""
+        done = self.trainer.fit_loop.epoch_loop.total_batch_idx
+        return progress(done, max(self.total_batches - 1, 1))
 
     def parameter_groups(self):
         """What the optimizer trains; methods with frozen parts or per-part learning rates override."""

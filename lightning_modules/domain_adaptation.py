@@ -39,7 +39,7 @@ from datamodules.errors import ConfigError
 
 from .base import BaseMethod
 from .components.backbones import create_backbone
-from .components.schedules import adaptation_weight, progress
+from .components.schedules import adaptation_weight
 
 SELECT_CHOICES = ("last", "best", "best_target_oracle")
 DOMAINS = ("target", "source")  # dataloader_idx 0 and 1 of the pair's val/test loaders
@@ -116,24 +116,6 @@ class DomainAdaptation(BaseMethod):
 
     # ----------------------------------------------------------------------------------------
     # training helpers
-
-    @property
-    def total_batches(self) -> int:
-        trainer = self.trainer
-        total = float("inf")
-        if trainer.max_epochs is not None and trainer.max_epochs > 0:
-            total = trainer.max_epochs * trainer.num_training_batches
-        if trainer.max_steps is not None and trainer.max_steps > 0:
-            total = min(total, trainer.max_steps)
-        if total == float("inf"):
-            raise ConfigError("domain adaptation follows training progress p: set trainer.max_epochs or trainer.max_steps")
-        return int(total)
-
-    @property
-    def progress(self) -> float:
-        """p in [0, 1]: training batches done / total batches."""
-        done = self.trainer.fit_loop.epoch_loop.total_batch_idx
-        return progress(done, max(self.total_batches - 1, 1))
 
     def source_loss(self, logits: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Cross-entropy on labeled source examples; logs train/source_loss and train/source_acc."""

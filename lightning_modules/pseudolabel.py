@@ -8,7 +8,9 @@ with the weight ramped up so early, noisy pseudo-labels do little harm (eq. 16):
     alpha(t) = 0                              t < T1
              = alpha_f (t - T1) / (T2 - T1)   T1 <= t < T2
              = alpha_f                        T2 <= t
-t counts epochs (fractionally, within an epoch); an epoch is one pass over the unlabeled part.
+t is the fraction of the run done (batches done / the run's batches), so T1 and T2 are fractions too:
+Lee's T1 = 100 and T2 = 600 epochs are 0.1 and 0.6 of a 1,000-epoch run; absolute epochs would leave
+the term off in a run shorter than T1. An epoch is one pass over the unlabeled part.
 Pseudo-labels are recomputed at every weight update with the current network and carry no gradient.
 Lee trains a dropout network and takes y' as the class of maximum predicted probability; we read
 that as the network's prediction, made as at test time: dropout off (`pseudo_labels_from: eval`,
@@ -63,12 +65,13 @@ PSEUDO_LABELS_FROM = ("eval", "train")  # the network as it predicts (dropout of
 
 class PseudoLabel(BaseMethod):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
-                 scheduler_interval: str = "epoch", t1: float = 100, t2: float = 600, alpha_f: float = 3.0,
+                 scheduler_interval: str = "epoch", t1: float = 0.25, t2: float = 0.75, alpha_f: float = 3.0,
                  confidence_threshold: float = 0.0, use_unlabeled: bool = True, pseudo_labels_from: str = "eval"):
         super().__init__(optimizer, scheduler, scheduler_interval)
         self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])  # partials are not weights_only-loadable
-        if not t2 > t1 >= 0:
-            raise ConfigError(f"model.t1={t1}, model.t2={t2}: need 0 <= t1 < t2 (epochs)")
+        if not 1 >= t2 > t1 >= 0:
+            raise ConfigError(f"model.t1={t1}, model.t2={t2}: need 0 <= t1 < t2 <= 1 (fractions of the run; "
+                              f"Lee's T1=100, T2=600 epochs are 0.1 and 0.6 of a 1,000-epoch run)")
         if alpha_f < 0:
             raise ConfigError(f"model.alpha_f={alpha_f} must be >= 0 (0 = supervised-only baseline)")
         if not 0.0 <= confidence_threshold < 1.0:
@@ -100,18 +103,13 @@ class PseudoLabel(BaseMethod):
             for module, training in modes:
                 module.training = training
 
-    def epoch_time(self, batch_idx: int) -> float:
-        """t in epochs: the current epoch plus the fraction of it already done."""
-        per_epoch = self.trainer.num_training_batches if self._trainer is not None else float("inf")
-        fraction = batch_idx / per_epoch if per_epoch not in (0, float("inf")) else 0.0
-        return self.current_epoch + fraction
-
-    def alpha(self, batch_idx: int) -> float:
-        return alpha_schedule(self.epoch_time(batch_idx), self.t1, self.t2, self.alpha_f) if self.use_unlabeled else 0.0
+    def alpha(self) -> float:
+        """alpha(t) with t the fraction of the run done, so the term switches on in any budget."""
+        return alpha_schedule(self.progress, self.t1, self.t2, self.alpha_f) if self.use_unlabeled else 0.0
 
     def training_step(self, batch, batch_idx):
         x, y = batch["labeled"]
-        alpha = self.alpha(batch_idx)
+        alpha = self.alpha()
         self.log("train/alpha", alpha, on_step=False, on_epoch=True, batch_size=len(y))
         if alpha == 0.0:  # before T1 (or the baseline): labeled data only, no forward pass on x'
             return self.check_finite(self.metrics.log_step(self, "train", self(x), y))

@@ -15,6 +15,6 @@ class TargetOracle(DomainAdaptation):
         target = batch["target"]
         if torch.is_tensor(target):
             raise ConfigError("target_oracle needs target labels in training batches: keep "
-                              "model.datamodule.train_target_labels=true")
+                              "data.train_target_labels=true")
         xt, yt = target
         return self.check_finite(self.source_loss(self.classifier(self.backbone(xt)), yt))

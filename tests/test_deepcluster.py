@@ -41,7 +41,7 @@ def test_clustering_scores_are_perfect_on_separated_features():
 
 def test_deepcluster_runs_saves_clusters_and_resumes(cli, tmp_path):
     common = ["model=deepcluster", "data=digits", "debug=smoke", "model.num_clusters=20", "model.pca_dim=16",
-              "model.eval_pca_dim=8", "model.kmeans_iters=5", "model.datamodule.knn_bank_size=200",
+              "model.eval_pca_dim=8", "model.kmeans_iters=5", "data.knn_bank_size=200",
               "callbacks.progress_bar=null"]
     cli(*common, "trainer.max_epochs=2", run_dir=tmp_path)
     metrics = read_results(tmp_path)["metrics"]

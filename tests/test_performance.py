@@ -122,7 +122,7 @@ def test_colour_parameters_within_configured_ranges():
 
 
 def test_batched_backend_is_the_default_for_in_memory_data():
-    spec = OmegaConf.to_container(compose("model=simclr").model.datamodule.augment)
+    spec = OmegaConf.to_container(compose("model=simclr").data.augment)
     assert spec["backend"] == "auto"
     from datamodules.multiview import MultiViewDataModule
 

@@ -10,9 +10,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import CONF_DIR, compose, read_results, run_cli, train_in_process
+from run import DA_PROTOCOLS
 from datamodules.errors import ConfigError, DataFormatError
 
-GROUPS = ["model", "data", "trainer", "amp", "logger", "callbacks", "paths", "experiment", "debug"]
+GROUPS = ["model", "data", "trainer", "amp", "logger", "callbacks", "paths", "experiment", "optimizer", "debug"]
 # Data configs that need nothing from the network or the user's disk.
 OFFLINE_DATA = {"single": ["digits", "digits_m"], "pair": ["digits_to_digits_m"]}
 # Keep each smoke fit to seconds: methods whose test phase samples or clusters get smaller settings.
@@ -27,13 +28,15 @@ def options(group: str) -> list[str]:
 
 
 def model_kind(model: str) -> str:
-    cfg = OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml")
-    return getattr(get_class(cfg.datamodule._target_), "data_kind", "single")
+    cfg = compose(f"model={model}")
+    return getattr(get_class(cfg.model.datamodule._target_), "data_kind", "single")
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_config_composes(tmp_path, group, option):
-    cfg = compose(f"{group}={option}", run_dir=tmp_path)
+    # a protocol preset names no method: compose it with one of its kind
+    method = "simclr" if option.startswith("ssl_") else "dann" if option in DA_PROTOCOLS.values() else None
+    cfg = compose(f"{group}={option}", *([f"model={method}"] if group == "experiment" and method else []), run_dir=tmp_path)
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert container["model"]["_target_"] and container["trainer"]["_target_"]
 

@@ -62,8 +62,8 @@ def test_blend_rejects_colour_images(tmp_path):
 
 @pytest.mark.parametrize("method", ["simclr", "moco", "rotation"])
 def test_textured_presets_compose(method):
-    cfg = compose(f"experiment={method}_mnist_m")
+    cfg = compose("experiment=ssl_mnist_m", f"model={method}")
     assert cfg.data.dataset.name == "npz" and cfg.data.dataset.blend_with_photos is True
     assert cfg.model.backbone.widths == [16, 32, 64]
-    cfg = compose(f"experiment={method}_digits_m")
+    cfg = compose("experiment=ssl_digits_m", f"model={method}")
     assert cfg.data.dataset.name == "digits_m" and cfg.model.backbone.widths == [16, 32, 64]

@@ -1,4 +1,4 @@
-"""Random affine augmentation of labeled training batches (`model.datamodule.train_augment`)."""
+"""Random affine augmentation of labeled training batches (`data.train_augment`)."""
 from __future__ import annotations
 
 import math
@@ -69,7 +69,7 @@ def test_bad_options_are_named(bad, words):
 def test_supervised_run_with_train_augment_changes_training_batches_only(tmp_path):
     """A run trains with the option; the datamodule augments only while the trainer is training."""
     train_in_process("model=supervised", "data=digits", "debug=smoke", "data.image_size=16",
-                              "model.datamodule.train_augment={scale:[0.6,1.0],translate:0.1}", run_dir=tmp_path)
+                              "data.train_augment={scale:[0.6,1.0],translate:0.1}", run_dir=tmp_path)
     assert read_results(tmp_path)["status"] == "completed"
     dm = LabeledDataModule({"name": "digits"}, image_size=16, train_augment={"scale": [0.5, 0.5]})
     dm.setup("fit")

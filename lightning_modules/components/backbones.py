@@ -108,7 +108,8 @@ def _cfg(**kwargs) -> dict:
 
 default_cfgs = generate_default_cfgs(
     {
-        "lenet.untrained": _cfg(input_size=(1, 28, 28), first_conv="stages.0.0"),
+        # fixed_input_size: the size the runner gives LeNet's data unless data.image_size says otherwise
+        "lenet.untrained": _cfg(input_size=(1, 28, 28), fixed_input_size=True, first_conv="stages.0.0"),
         "small_cnn.untrained": _cfg(first_conv="stages.0.0.0"),
         "resnet18_cifar.untrained": _cfg(first_conv="conv1", classifier="fc"),
     }
@@ -136,6 +137,17 @@ def check_backbone_name(name: str, option: str = "model.backbone.name") -> None:
     ours = ["lenet", "small_cnn", "resnet18_cifar"]
     close = difflib.get_close_matches(name, timm.list_models(), n=5)
     raise ConfigError(f"{option}={name!r} is not a timm model; ours: {ours}; close timm names: {close}")
+
+
+def declared_input_size(name: str, pretrained: bool = False) -> int | None:
+    """The image side a backbone asks for: its weights' input size when pretrained, or a fixed design
+    size (LeNet's 28x28); None = any size (the dataset's native one)."""
+    if not timm.is_model(name):
+        return None
+    cfg = timm.get_pretrained_cfg(name, allow_unregistered=True)
+    if cfg is None or not (pretrained or getattr(cfg, "fixed_input_size", False)):
+        return None
+    return int(cfg.input_size[-1])
 
 
 def create_backbone(
