@@ -95,6 +95,13 @@ def _torchvision(name: str, root, download: bool, make: Callable, expected: str)
     try:
         return make(str(root), download)
     except (RuntimeError, FileNotFoundError, OSError, ValueError) as err:
+        if download:
+            cause = f"{type(err).__name__}: " + " ".join(str(err).split())[:300]
+            raise DataNotFoundError(
+                f"dataset '{name}': download=true but the download into {root} failed ({cause}); check the "
+                f"network connection (offline machines: copy the files into {root / expected} by hand and run "
+                f"with data.dataset.download=false)"
+            ) from err
         where = root / expected
         state = "failed torchvision's integrity check (corrupt or partial)" if where.exists() else "is missing"
         raise DataNotFoundError(
