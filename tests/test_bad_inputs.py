@@ -143,7 +143,9 @@ CASES = {
     "npz zero-byte file": (_zero_byte, ["zero.npz", "not a readable .npz", "np.savez"]),
     "npz without images/labels arrays": (_no_arrays, ["lacks arrays", "'images'", "'labels'", "pixels"]),
     "image folder with mixed sizes": (
-        lambda tmp: ["data=imagefolder", f"data.dataset.root={folder(tmp / 'photos', {('b', 3): (20, 12)})}"],
+        # small_cnn takes any size, so the folder's own sizes are kept (LeNet would resize to 28)
+        lambda tmp: ["data=imagefolder", f"data.dataset.root={folder(tmp / 'photos', {('b', 3): (20, 12)})}",
+                     "model.backbone.name=small_cnn"],
         ["different sizes", "16x16", "b/3.png is 20x12", "data.image_size"]),
     "image folder with a corrupt image": (
         lambda tmp: ["data=imagefolder", f"data.dataset.root={folder(tmp / 'photos', corrupt=True)}"],
