@@ -21,13 +21,13 @@ import hydra  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.errors import InstantiationException  # noqa: E402
+from hydra.errors import CompactHydraException, InstantiationException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from hydra.utils import get_class, instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
-from datamodules.errors import ConfigError, DataFormatError, DataNotFoundError  # noqa: E402
+from datamodules.errors import USER_ERRORS, ConfigError, DataFormatError, DataNotFoundError  # noqa: E402
 from lightning_modules.callbacks import FaultTolerance, is_interrupt  # noqa: E402
 from lightning_modules.components.encoder_io import save_encoder  # noqa: E402
 from lightning_modules.evaluation.embedding_plot import wait_for_plots  # noqa: E402
@@ -76,6 +76,31 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model={choices.get('model')} trains on one dataset but data={choices.get('data')} is a "
             f"domain pair; choose a single dataset, e.g. data=digits"
+        )
+    check_trainer(cfg.trainer, choices.get("trainer"))
+
+
+# Trainer options Lightning only asserts on (a bare AssertionError deep in its loops).
+_TRAINER_INTS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "log_every_n_steps", "num_nodes",
+                 "check_val_every_n_epoch", "num_sanity_val_steps", "accumulate_grad_batches")
+_TRAINER_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                   "val_check_interval")
+
+
+def check_trainer(trainer: DictConfig, choice: str | None) -> None:
+    """Numbers that are numbers, and an accelerator this machine has."""
+    for key in _TRAINER_INTS + _TRAINER_LIMITS:
+        value = trainer.get(key)
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+        if key in _TRAINER_LIMITS:
+            ok = ok or isinstance(value, float)
+        if not ok:
+            kind = "an integer" if key in _TRAINER_INTS else "an integer (batches) or a float (fraction)"
+            raise ConfigError(f"trainer.{key}={value!r} must be {kind}, e.g. trainer.{key}=10")
+    if str(trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={trainer.accelerator} (trainer={choice}) but this machine has no CUDA device "
+            f"(torch.cuda.is_available() is False); use trainer=cpu (or trainer=ddp_cpu)"
         )
 
 
@@ -186,6 +211,7 @@ def prepare_wandb(cfg: DictConfig) -> None:
     node = (cfg.get("logger") or {}).get("wandb")
     if node is None:
         return
+    wandb_offline_without_network(node)
     hydra_cfg = HydraConfig.get()
     id_file = output_dir() / "wandb_id.txt"
     if node.get("id"):
@@ -216,6 +242,42 @@ def finish_wandb(exit_code: int) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish(exit_code=exit_code)
+
+
+def record_precision(cfg: DictConfig, trainer: pl.Trainer) -> None:
+    """Lightning swaps a precision the device cannot run (fp16 on a CPU runs as bf16-mixed); the config
+    that results.json records then says what ran, not what was asked."""
+    ran, asked = str(trainer.precision), str(cfg.trainer.precision)
+    if ran != asked:
+        log.warning("trainer.precision=%s cannot run on %s; it runs as %s, and results.json records %s "
+                    "(amp=bf16 or amp=fp32 asks for it directly)", asked, cfg.trainer.accelerator, ran, ran)
+        cfg.trainer.precision = ran
+        cfg.amp.precision = ran
+
+
+def wandb_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether wandb's server (WANDB_BASE_URL) answers a TCP connection within `timeout_s`."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def wandb_offline_without_network(node: DictConfig) -> None:
+    """wandb waits ~2 minutes for a server it cannot reach; a quick probe sends it offline at once."""
+    if node.get("offline") or os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return
+    if not wandb_reachable():
+        log.warning("wandb: %s is unreachable; logging offline into the run dir (sync later with `wandb sync`; "
+                    "WANDB_MODE=offline or logger.wandb.offline=true skips this check)",
+                    os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+        with open_dict(node):
+            node.offline = True
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:
@@ -258,6 +320,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     loggers = build_all(cfg, "logger")
     callbacks = build_all(cfg, "callbacks") + [FaultTolerance(output_dir() / "checkpoints")]
     trainer = build_trainer(cfg, callbacks, loggers)
+    record_precision(cfg, trainer)
     for logger in loggers:  # the resolved config, on every dashboard
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
 
@@ -310,9 +373,18 @@ def run(cfg: DictConfig) -> float | None:
     return optimized
 
 
+class ReportedError(CompactHydraException):
+    """An error whose message says what to fix: Hydra prints it as one line and exits with status 1."""
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    return run(cfg)
+    try:
+        return run(cfg)
+    except (*USER_ERRORS, MissingMandatoryValue) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # the whole traceback, as Hydra shows it for any error
+        raise ReportedError(f"Error: {err}") from None
 
 
 # Command-line forms of earlier versions, and what replaced them (checked before Hydra composes).

@@ -19,6 +19,7 @@ class BaseDataModule(pl.LightningDataModule):
     """
 
     data_kind = "single"
+    labels_needed = True  # False: labels only evaluate the method (a class missing from training is a warning)
 
     def __init__(
         self,
@@ -85,7 +86,7 @@ class BaseDataModule(pl.LightningDataModule):
     def split_options(self) -> dict:
         return dict(
             image_size=self.image_size, channels=self.channels, val_fraction=self.val_fraction,
-            test_fraction=self.test_fraction, split_seed=self.split_seed,
+            test_fraction=self.test_fraction, split_seed=self.split_seed, labels_needed=self.labels_needed,
         )
 
     def loader(self, dataset: Dataset, train: bool, batch_size: int | None = None) -> DataLoader:

@@ -18,3 +18,7 @@ class DataNotFoundError(FileNotFoundError):
 
 class DataFormatError(ValueError):
     """A dataset exists on disk but its layout or contents are not what its format requires."""
+
+
+# What a user can fix from the message alone: run.py prints these as one line, without a traceback.
+USER_ERRORS = (ConfigError, DataNotFoundError, DataFormatError)

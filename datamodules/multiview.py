@@ -56,6 +56,7 @@ class ViewsDataset(Dataset):
 
 
 class MultiViewDataModule(LabeledDataModule):
+    labels_needed = False  # self-supervised: labels only feed the kNN / linear-probe evaluation
     def __init__(self, dataset: dict, n_views: int = 2, augment: dict | None = None,
                  knn_bank_size: int | None = None, **loader_options):
         super().__init__(dataset, **loader_options)

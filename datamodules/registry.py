@@ -22,6 +22,7 @@ from . import embedded
 from .datasets import ImageFileDataset, TensorImageDataset, to_nchw_uint8
 from .errors import ConfigError, DataFormatError, DataNotFoundError
 from .splits import stratified_split
+from .validate import check_classes, check_counts, check_image_files, check_images, check_labels
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -94,6 +95,13 @@ def _torchvision(name: str, root, download: bool, make: Callable, expected: str)
     try:
         return make(str(root), download)
     except (RuntimeError, FileNotFoundError, OSError, ValueError) as err:
+        if download:
+            cause = f"{type(err).__name__}: " + " ".join(str(err).split())[:300]
+            raise DataNotFoundError(
+                f"dataset '{name}': download=true but the download into {root} failed ({cause}); check the "
+                f"network connection (offline machines: copy the files into {root / expected} by hand and run "
+                f"with data.dataset.download=false)"
+            ) from err
         where = root / expected
         state = "failed torchvision's integrity check (corrupt or partial)" if where.exists() else "is missing"
         raise DataNotFoundError(
@@ -200,12 +208,17 @@ def _npz_arrays(path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path) as z:
             missing = {"images", "labels"} - set(z.files)
             if missing:
-                raise DataFormatError(f"{path} lacks arrays {sorted(missing)}; it has {sorted(z.files)} (needs 'images' and 'labels')")
-            return z["images"], z["labels"].astype(np.int64)
-    except (OSError, ValueError) as err:
+                raise DataFormatError(f"npz file {path} lacks arrays {sorted(missing)}; it has {sorted(z.files)} "
+                                      f"(write it with np.savez(path, images=..., labels=...))")
+            images, labels = z["images"], z["labels"]
+    except (OSError, ValueError, EOFError) as err:
         if isinstance(err, DataFormatError):
             raise
-        raise DataFormatError(f"{path} is not a readable .npz archive: {err}") from err
+        raise DataFormatError(f"npz file {path} is not a readable .npz archive ({type(err).__name__}: {err}); "
+                              f"write it with np.savez(path, images=..., labels=...)") from err
+    where = f"npz file {path}"
+    check_counts(len(images), len(labels), where)
+    return check_images(images, where), check_labels(labels, where)
 
 
 def _grey_npz_digits(images, where: str) -> torch.Tensor:
@@ -346,18 +359,39 @@ def load_dataset(
     test_fraction: float = 0.2,
     split_seed: int = 0,
     where: str = "data.dataset",
+    labels_needed: bool = True,
 ) -> Splits:
-    """Build the named dataset of `spec` and return its converted train/val/test splits."""
+    """Build the named dataset of `spec`, check it (`validate`) and return its converted train/val/test
+    splits. `labels_needed=False` (labels only evaluate the method) turns a missing class into a warning."""
     options = dict(spec)
     name = options.pop("name", None)
     if name not in DATASETS:
         raise ConfigError(f"{where}.name={name!r} is not a registered dataset; choices: {sorted(DATASETS)}")
     raw = _call_builder(name, DATASETS[name], options, where)
+    files = ", ".join(str(spec[k]) for k in ("path", "train_path", "test_path", "root") if spec.get(k))
+    where = f"{where} ({name}{': ' + files if files else ''})"
+    raw = _checked(raw, image_size, where)
     parts = carve_splits(raw, val_fraction, test_fraction, split_seed)
     datasets = {split: _as_dataset(parts[split], image_size, channels) for split in SPLIT_NAMES}
     if len(datasets["train"]) == 0:
-        raise DataFormatError(f"{where} ({name}): the train split is empty")
-    labels = datasets["train"].labels
-    if int(labels.min()) < 0 or int(labels.max()) >= len(raw.classes):
-        raise DataFormatError(f"{where} ({name}): labels must lie in [0, {len(raw.classes) - 1}]")
+        raise DataFormatError(f"{where}: the train split is empty (lower data.val_fraction / test_fraction)")
+    check_classes(datasets["train"].labels.numpy(), {s: datasets[s].labels.numpy() for s in ("val", "test")},
+                  raw.classes, where, labels_needed=labels_needed)
     return Splits(name, raw.classes, datasets["train"], datasets["val"], datasets["test"])
+
+
+def _checked(raw: RawSplits, image_size: int | None, where: str) -> RawSplits:
+    """Each split of a builder's output through `validate` (whatever the builder: one place)."""
+    splits = {}
+    for split, part in raw.splits.items():
+        at = f"{where} split '{split}'"
+        if isinstance(part, list):
+            if not part:
+                raise DataFormatError(f"{at}: holds 0 images")
+            check_image_files(part, image_size, at)
+            splits[split] = part
+        else:
+            images, labels = part
+            check_counts(len(images), len(labels), at)
+            splits[split] = (check_images(images, at), check_labels(labels, at))
+    return RawSplits(raw.classes, splits)

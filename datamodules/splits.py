@@ -53,3 +53,13 @@ def class_balanced_subset(labels, per_class_total: int, seed: int) -> np.ndarray
         idx = rng.permutation(np.flatnonzero(labels == cls))
         chosen.append(idx[: base + (1 if i < extra else 0)])
     return np.sort(np.concatenate(chosen))
+
+
+def stratified_subset(labels, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of `n` examples drawn (seeded) from the whole split, each class in its proportion:
+    the subset every diagnostic (t-SNE maps, image grids, reference sets) uses, so that a class-ordered
+    split never gives a map of its first classes only. All indices when n >= len(labels)."""
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    return stratified_split(labels, {"keep": n / len(labels)}, seed)["keep"]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from datamodules.errors import ConfigError
+from datamodules.splits import stratified_subset
 
 from .base import BaseMethod
 from .components.diffusion import GaussianDiffusion, ddim_timesteps
@@ -207,7 +208,7 @@ class DDPM(BaseMethod):
         noise = torch.randn((n, *self.shape), generator=generator).clamp(-1, 1)
         out["fid_noise"] = frechet_distance(classifier.embed(noise)[0], real_feats)
         train = self.trainer.datamodule.splits.train
-        idx = torch.randperm(len(train), generator=generator)[:n].tolist()
+        idx = stratified_subset(train.labels, n, self.seed + 2).tolist()  # every class in its share
         reference = torch.stack([train[j][0] for j in idx])
         out["fid_real"] = frechet_distance(classifier.embed(reference)[0], real_feats)
         report.update({k: out[k] for k in ("fid", "fid_noise", "fid_real", "class_frac_min")})

@@ -36,6 +36,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.errors import ConfigError
+from datamodules.splits import stratified_subset
 
 from .base import BaseMethod
 from .components.backbones import create_backbone
@@ -237,7 +238,8 @@ class DomainAdaptation(BaseMethod):
 
     @torch.no_grad()
     def collect_features(self, encoders: dict[str, nn.Module]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Features of (up to `tsne_points` per domain) test images, each domain with its encoder."""
+        """Features of `tsne_points` test images per domain (a stratified subset of the whole split), each
+        domain with its encoder."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "target"):
             return {}
@@ -245,14 +247,12 @@ class DomainAdaptation(BaseMethod):
         self.eval()
         out = {}
         for dom, splits in (("source", datamodule.source), ("target", datamodule.target)):
-            feats, labels, seen = [], [], 0
-            for x, y in datamodule.loader(splits.test, train=False):
+            test = splits.test.subset(stratified_subset(splits.test.labels, self.tsne_points))
+            feats, labels = [], []
+            for x, y in datamodule.loader(test, train=False):
                 feats.append(encoders[dom](x.to(self.device)).float().cpu())
                 labels.append(y)
-                seen += len(y)
-                if seen >= self.tsne_points:
-                    break
-            out[dom] = (torch.cat(feats)[: self.tsne_points].numpy(), torch.cat(labels)[: self.tsne_points].numpy())
+            out[dom] = (torch.cat(feats).numpy(), torch.cat(labels).numpy())
         self.train(was_training)
         return out
 
@@ -267,10 +267,9 @@ class DomainAdaptation(BaseMethod):
         background worker (the runner waits for it before declaring the run complete)."""
         from .evaluation.embedding_plot import save_tsne_plot_in_background
 
-        rng = np.random.default_rng(0)
         parts = {}
         for dom, (f, y) in features.items():
-            keep = np.sort(rng.permutation(len(f))[: self.tsne_points])
+            keep = stratified_subset(y, self.tsne_points)
             parts[dom] = (f[keep], y[keep])
         feats = np.concatenate([parts["source"][0], parts["target"][0]])
         labels = np.concatenate([parts["source"][1], parts["target"][1]])

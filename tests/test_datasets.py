@@ -88,7 +88,7 @@ def write_cifar(root, monkeypatch, hundred: bool, n_per_file=20) -> None:
             pickle.dump(entry, f)
         return [name, md5(folder / name)]
 
-    per_file = 100 if hundred else n_per_file
+    per_file = 200 if hundred else n_per_file  # two per class: the carved val split leaves one in train
     train_list = [dump(name, per_file) for name, _ in cls.train_list]
     test_list = [dump(name, per_file) for name, _ in cls.test_list]
     names = [f"class_{i}" for i in range(num_classes)]
@@ -290,7 +290,11 @@ def test_npz_without_expected_arrays(tmp_path):
 
 def test_corrupt_image_names_the_file(tmp_path):
     write_png_folder(tmp_path, per_class=5)
+    good = (tmp_path / "dog" / "3.png").read_bytes()
     (tmp_path / "dog" / "3.png").write_bytes(b"not a png")
+    with pytest.raises(DataFormatError, match="3.png"):  # found when the folder is loaded, before training
+        load_dataset({"name": "imagefolder", "root": str(tmp_path)}, test_fraction=0.0, val_fraction=0.0)
+    (tmp_path / "dog" / "3.png").write_bytes(good[: len(good) // 2])  # a valid header, truncated pixels
     splits = load_dataset({"name": "imagefolder", "root": str(tmp_path)}, test_fraction=0.0, val_fraction=0.0)
     with pytest.raises(DataFormatError, match="3.png"):
         [splits.train[i] for i in range(len(splits.train))]

@@ -26,7 +26,7 @@ def test_rotation_single_process_writes_metrics_and_tsne(tmp_path):
     run_cli("model=rotation", "model.evaluation.tsne_points=100", *TINY, run_dir=tmp_path, timeout=600)
     res = read_results(tmp_path)
     assert 0.0 <= res["metrics"]["test/knn_acc"] <= 1.0 and "test/linear_acc" in res["metrics"]
-    assert (tmp_path / "tsne_test.png").is_file()
+    assert (tmp_path / "plots" / "tsne_test.png").is_file()
 
 
 @pytest.mark.parametrize("method,protocol", [(m, d) for m in ("simclr", "moco", "rotation") for d in ("cifar10", "stl10", "mnist")])

@@ -162,13 +162,13 @@ def load_backbone_weights(model: nn.Module, path, option: str = "model.backbone.
     return meta
 
 
-def pretrained_overlay(pretrained_file) -> dict | None:
+def pretrained_overlay(pretrained_file, option: str = "model.backbone.pretrained_file") -> dict | None:
     """timm's `pretrained_cfg_overlay` for a local weights file, checked before timm reads it."""
     if not pretrained_file:
         return None
     path = Path(pretrained_file).expanduser()
     if not path.is_file():
-        raise ConfigError(f"model.backbone.pretrained_file={path}: no such file")
+        raise ConfigError(f"{option}={path}: no such file")
     return {"file": str(path)}
 
 
@@ -187,7 +187,7 @@ def check_pretrained_file_fits(model: nn.Module, pretrained_file) -> None:
 
 
 @contextlib.contextmanager
-def pretrained_file_errors(pretrained_file):
+def pretrained_file_errors(pretrained_file, option: str = "model.backbone.pretrained_file"):
     """Turn timm's errors on a bad local weights file into a `ConfigError` naming the option."""
     try:
         yield
@@ -195,6 +195,6 @@ def pretrained_file_errors(pretrained_file):
         if not pretrained_file:
             raise
         raise ConfigError(
-            f"model.backbone.pretrained_file={pretrained_file}: timm could not load it into this "
+            f"{option}={pretrained_file}: timm could not load it into this "
             f"architecture ({str(err).splitlines()[0][:400]})"
         ) from err

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +35,30 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().div(127.5).sub(1)
 
 
+def matrix_sqrt(m: np.ndarray) -> np.ndarray:
+    """`scipy.linalg.sqrtm` without its `disp` argument (removed in SciPy 1.18); the caller checks the
+    result's finiteness and imaginary part itself, so SciPy's singular-matrix warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = linalg.sqrtm(m)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """FID between Gaussians fitted to two (N, D) feature arrays (Heusel et al. 2017, eq. 6)."""
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = matrix_sqrt(cov_a @ cov_b)
     if not np.isfinite(covmean).all():  # near-singular product: regularise, as pytorch-fid does
         eps = 1e-6 * np.eye(len(cov_a))
-        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    covmean = covmean.real
+        covmean = matrix_sqrt((cov_a + eps) @ (cov_b + eps))
+    if np.iscomplexobj(covmean):
+        # rounding gives a tiny imaginary part; a large one means the square root is not meaningful
+        imag = float(np.abs(np.diagonal(covmean).imag).max(initial=0.0))
+        if imag > 1e-3:
+            log.warning("FID: the covariance square root has an imaginary part of %.3g; the FID is unreliable", imag)
+        covmean = covmean.real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
 
 

@@ -7,7 +7,8 @@ The only place where a self-supervised method reads labels. Three evaluators, on
   test as `{stage}/linear_acc` (torchmetrics, exact under DDP).
 - **weighted kNN** (Wu et al. 2018, Sec. 3.4): cosine similarity to a bank of un-augmented
   training features, the k nearest vote with weight exp(sim / T). `{stage}/knn_acc`.
-- **t-SNE** of the test features coloured by class, saved as `<run dir>/tsne_test.png`.
+- **t-SNE** of the test features coloured by class, saved as `<run dir>/plots/tsne_test.png`
+  (a stratified subset of `tsne_points` test images).
 
 Use it from any LightningModule (SSL methods get it from `ssl_base.SSLMethod`):
 
@@ -31,7 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from datamodules.splits import stratified_subset
+
 from ..components.contrastive import concat_all_gather
+
 from .embedding_plot import save_tsne_plot
 
 SCORED, BANK = 0, 1
@@ -126,8 +130,9 @@ class OnlineEvaluator(nn.Module):
         module.log(f"{stage}/knn_acc", out[f"{stage}/knn_acc"], prog_bar=True, rank_zero_only=False)
         trainer = module.trainer
         if stage == "test" and self.tsne and trainer.is_global_zero:
-            path = Path(trainer.default_root_dir) / "tsne_test.png"
-            n = min(self.tsne_points, len(queries[0]))
-            save_tsne_plot(queries[0][:n].cpu().numpy(), queries[1][:n].cpu().numpy(), path,
+            path = Path(trainer.default_root_dir) / "plots" / "tsne_test.png"
+            labels = queries[1].cpu().numpy()
+            keep = stratified_subset(labels, self.tsne_points)
+            save_tsne_plot(queries[0].cpu().numpy()[keep], labels[keep], path,
                            title=f"t-SNE of test features, {type(module).__name__} (colour = class)")
         return out
