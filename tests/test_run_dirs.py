@@ -193,8 +193,8 @@ def test_kill_during_a_checkpoint_write_then_the_same_command_resumes(tmp_path, 
                           env={**os.environ, "DIE_AT_SAVE": "4", "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert (run_dir / "checkpoints" / "last.ckpt.tmp").is_file()  # the half-written one, beside it
     assert zipfile.is_zipfile(last) and ckpt_state(last)["global_step"] == 4  # epoch 0's, whole
+    assert (run_dir / "checkpoints" / "last.ckpt.tmp").is_file()  # the half-written one, beside it
     assert not (run_dir / "results.json").exists() and (run_dir / LOCK_FILE).is_file()  # the dead run's lock
 
     resumed = run_cli(*TINY, "ckpt_path=last", run_dir=run_dir)
