@@ -63,7 +63,7 @@ def resumes(run_dir: Path, ckpt_path: str | None) -> bool:
     return Path(ckpt_path).expanduser().absolute().is_relative_to(Path(run_dir).absolute())
 
 
-def check_run_dir(run_dir: Path, ckpt_path: str | None, overwrite: bool) -> bool:
+def check_run_dir(run_dir: Path, ckpt_path: str | None, overwrite: bool, option: str = "hydra.run.dir") -> bool:
     """Refuse to start a fresh run over a completed one, or over checkpoints that a resume could use;
     True when the run starts afresh (a failed run that left no checkpoint is replaced: nothing is lost)."""
     run_dir = Path(run_dir)
@@ -84,8 +84,9 @@ def check_run_dir(run_dir: Path, ckpt_path: str | None, overwrite: bool) -> bool
                 f"{len(ckpts)} checkpoint(s), e.g. {ckpts[-1].relative_to(run_dir)})")
     else:
         return True
-    raise RunDirError(f"hydra.run.dir={run_dir} holds {what}; nothing was changed. Add ckpt_path=last to "
-                      f"continue it, overwrite=true to delete it and start again, or choose another hydra.run.dir")
+    where = f"{option}={run_dir}" if option == "hydra.run.dir" else f"the job dir {run_dir} of {option}"
+    raise RunDirError(f"{where} holds {what}; nothing was changed. Add ckpt_path=last to continue it, "
+                      f"overwrite=true to delete it and start again, or choose another {option}")
 
 
 def clear_run_dir(run_dir: Path) -> list[str]:
@@ -222,7 +223,7 @@ class RunDirGuard(Callback):
         if sweep_dir.is_dir():
             with _exit_on_refusal():
                 for job_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-                    check_run_dir(job_dir, config.get("ckpt_path"), bool(config.get("overwrite")))
+                    check_run_dir(job_dir, config.get("ckpt_path"), bool(config.get("overwrite")), "hydra.sweep.dir")
 
 
 @contextmanager

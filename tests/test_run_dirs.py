@@ -83,6 +83,17 @@ def test_rerun_into_a_completed_dir_is_refused_and_changes_nothing(copy_of):
     assert snapshot(copy_of) == before
 
 
+def test_a_sweep_into_a_sweep_dir_with_a_completed_job_is_refused(completed, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(completed, sweep / "0")
+    before = snapshot(sweep)
+    proc = run_cli("-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"the job dir {sweep / '0'} of hydra.sweep.dir holds a "
+                                                           f"completed run")
+    assert snapshot(sweep) == before and sorted(p.name for p in sweep.iterdir()) == ["0"]
+
+
 def test_dir_with_checkpoints_of_an_unfinished_run_is_refused(copy_of):
     (copy_of / "results.json").unlink()  # as after a kill -9
     with pytest.raises(RunDirError, match=r"holds an unfinished run \(results.json: missing; 2 checkpoint"):
