@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -28,11 +29,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
 from datamodules.errors import USER_ERRORS, ConfigError, DataFormatError, DataNotFoundError  # noqa: E402
-from lightning_modules.callbacks import FaultTolerance, is_interrupt  # noqa: E402
+from lightning_modules.callbacks import FaultTolerance, interrupt_exit_code, is_interrupt  # noqa: E402
 from lightning_modules.components.encoder_io import save_encoder  # noqa: E402
 from lightning_modules.evaluation.embedding_plot import wait_for_plots  # noqa: E402
+from lightning_modules.rundir import AtomicCheckpointIO, claim_run_dir  # noqa: E402
 from lightning_modules.runtime import (  # noqa: E402
-    RESULTS_FILE, git_commit, library_versions, machine, metrics_table, scalar_metrics, write_json_atomic,
+    RESULTS_FILE, git_commit, is_rank_zero, library_versions, machine, metrics_table, scalar_metrics, write_results,
 )
 
 log = logging.getLogger("transferlab")
@@ -47,10 +49,6 @@ def output_dir() -> Path:
 
 def in_sweep() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,9 +279,8 @@ def wandb_offline_without_network(node: DictConfig) -> None:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:
-    plugins = cluster_plugins(cfg)
-    extra = {"plugins": plugins} if plugins else {}
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="partial", **extra)
+    plugins = [*cluster_plugins(cfg), AtomicCheckpointIO()]  # checkpoints written whole or not at all
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, _convert_="partial")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,30 +339,38 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
             save_encoder(module.backbone, output_dir() / "encoder.pt", datamodule.data_info,
                          head=getattr(module, "classifier", None))
         status = "interrupted" if trainer.interrupted else "completed"
-        write_json_atomic(output_dir() / RESULTS_FILE, results_payload(cfg, status, metrics, started))
+        write_results(output_dir() / RESULTS_FILE, results_payload(cfg, status, metrics, started))
         print(f"\n{metrics_table(metrics)}\n\nrun dir: {output_dir()}")
     return metrics, optimized
 
 
 def run(cfg: DictConfig) -> float | None:
-    """train() with bookkeeping: results.json says `failed` or `interrupted` when it did not complete.
+    """train() with bookkeeping: the run dir is checked and locked first (lightning_modules/rundir.py);
+    results.json says `failed` or `interrupted` when the run did not complete, unless it holds a completed
+    run, which is kept. Ctrl-C exits with status 130, SIGTERM 143.
     In a sweep (-m) Hydra records a job's exception and runs the other jobs (the basic sweeper raises it
     once they are done, so the command still exits non-zero; the Optuna presets mark the trial failed and
     go on); the sweep summary lists it. Ctrl-C and SIGTERM stop the sweep."""
     started = time.time()
-    try:
-        _, optimized = train(cfg)
-    except BaseException as err:
-        status = "interrupted" if is_interrupt(err) else "failed"
-        finish_wandb(exit_code=1)
-        if is_rank_zero():
-            payload = results_payload(cfg, status, {}, started, error=f"{type(err).__name__}: {err}")
-            write_json_atomic(output_dir() / RESULTS_FILE, payload)
-        if isinstance(err, (ConfigError, MissingMandatoryValue)):
-            log.error("%s", err)
-        if status == "failed" and in_sweep():
-            log.error("job %s failed; the other jobs of the sweep go on", output_dir(), exc_info=err)
-        raise
+    with claim_run_dir(output_dir(), cfg.get("ckpt_path"), bool(cfg.get("overwrite"))):
+        try:
+            _, optimized = train(cfg)
+        except BaseException as err:
+            code = interrupt_exit_code(err)
+            status = "interrupted" if is_interrupt(err) else "failed"
+            finish_wandb(exit_code=1)
+            if is_rank_zero():
+                error = INTERRUPTS.get(code) or f"{type(err).__name__}: {err}"
+                write_results(output_dir() / RESULTS_FILE, results_payload(cfg, status, {}, started, error=error))
+            if isinstance(err, (ConfigError, MissingMandatoryValue)):
+                log.error("%s", err)
+            if status == "failed" and in_sweep():
+                log.error("job %s failed; the other jobs of the sweep go on", output_dir(), exc_info=err)
+            if code is not None:
+                if is_rank_zero():
+                    print(interrupt_message(code), file=sys.stderr)
+                raise SystemExit(code) from None
+            raise
     if optimized is None and in_sweep():
         log.warning("optimized_metric=%s was not logged; a sweeper that needs it fails this job",
                     cfg.model.get("optimized_metric"))
@@ -375,6 +380,16 @@ def run(cfg: DictConfig) -> float | None:
 
 class ReportedError(CompactHydraException):
     """An error whose message says what to fix: Hydra prints it as one line and exits with status 1."""
+
+
+INTERRUPTS = {130: "interrupted by Ctrl-C (SIGINT)", 143: "interrupted by SIGTERM"}
+
+
+def interrupt_message(code: int) -> str:
+    last = output_dir() / "checkpoints" / "last.ckpt"
+    then = (f"rerun the same command with ckpt_path=last to continue from {last}" if last.is_file()
+            else "no checkpoint was saved yet, so a rerun starts from the beginning")
+    return f"{INTERRUPTS[code]}: {then}"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

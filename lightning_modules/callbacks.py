@@ -58,6 +58,19 @@ def is_interrupt(exception: BaseException) -> bool:
     return isinstance(exception, (KeyboardInterrupt, SystemExit))
 
 
+def interrupt_exit_code(exception: BaseException) -> int | None:
+    """The shell's convention, 128 + the signal: 130 for Ctrl-C (a KeyboardInterrupt, or the sys.exit(1)
+    Lightning raises after catching one), 143 for SIGTERM (Lightning's SIGTERMException); None otherwise."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    if isinstance(exception, SIGTERMException):
+        return 128 + signal_lib.SIGTERM
+    if isinstance(exception, KeyboardInterrupt) or (
+            isinstance(exception, SystemExit) and isinstance(exception.__context__, KeyboardInterrupt)):
+        return 128 + signal_lib.SIGINT
+    return None
+
+
 def is_mid_epoch(state: dict | None) -> bool:
     return state is not None and 0 < state["batches"] < state["epoch_batches"]
 

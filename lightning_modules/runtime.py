@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import socket
@@ -9,6 +10,13 @@ import subprocess
 from pathlib import Path
 
 RESULTS_FILE = "results.json"
+
+log = logging.getLogger("transferlab")
+
+
+def is_rank_zero() -> bool:
+    """The launching process (DDP ranks > 0 re-run run.py with RANK / LOCAL_RANK set)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def write_json_atomic(path: Path, payload: dict) -> Path:
@@ -19,6 +27,26 @@ def write_json_atomic(path: Path, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
     return path
+
+
+def read_status(path: Path) -> str | None:
+    """The `status` of a results.json; None when there is none (or it is not one)."""
+    try:
+        status = json.loads(Path(path).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
+
+
+def write_results(path: Path, payload: dict) -> bool:
+    """write_json_atomic, except that a run that did not complete never replaces a completed results.json
+    (a resume of a finished run that then fails or is interrupted keeps the finished result)."""
+    if payload["status"] != "completed" and read_status(path) == "completed":
+        log.warning("kept %s of the earlier completed run; this %s run is not recorded there (%s)",
+                    path, payload["status"], payload.get("error", "no error"))
+        return False
+    write_json_atomic(path, payload)
+    return True
 
 
 def library_versions() -> dict[str, str]:
