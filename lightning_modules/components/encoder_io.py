@@ -42,7 +42,9 @@ def save_encoder(backbone: nn.Module, path, input_spec: dict | None = None, head
         "format": ENCODER_FORMAT,
         "name": spec.pop("name", type(backbone).__name__),
         "spec": spec,
-        "input": dict(input_spec or {}),
+        # What the weights expect of the input (`pretrained.InputNorm`), beside the data they were trained on.
+        "input": {**(input_spec or {}), **({"normalization": backbone.input_normalization}
+                                           if hasattr(backbone, "input_normalization") else {})},
         "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
     }
     if isinstance(head, nn.Linear):
@@ -134,7 +136,8 @@ def read_backbone_state(path, option: str = "model.backbone.checkpoint") -> tupl
 def check_state_fits(model: nn.Module, state: dict, what: str) -> None:
     """Strict-load precheck: say which names are missing/unexpected and which shapes differ."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    # Files from before backbones had an `input_norm` lack its buffers; it then stays the identity.
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith("input_norm."))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
