@@ -33,7 +33,7 @@ from .encoder_io import (
     check_pretrained_file_fits, load_backbone_weights, pretrained_file_errors, pretrained_overlay,
 )
 from .pretrained import (
-    OFFLINE_WEIGHTS, attach_input_norm, load_offline_weights, loaded_normalization, normalization_for,
+    INPUT_NORM, OFFLINE_WEIGHTS, attach_input_norm, load_offline_weights, loaded_normalization, normalization_for,
     offline_weights_file,
 )
 
@@ -175,6 +175,7 @@ def create_backbone(
     """A timm feature extractor: forward(x) -> (N, num_features), x in [-1, 1] (see `input_norm`)."""
     check_backbone_name(name)
     offline = offline_weights_file(name) if pretrained and not pretrained_file else None
+    file_state = None
     if offline is not None:
         # Built with its ImageNet classifier so that every tensor of the file has its place, then dropped.
         model = timm.create_model(name, pretrained=False, in_chans=in_chans, **kwargs)
@@ -192,11 +193,16 @@ def create_backbone(
                 in_chans=in_chans,
                 **kwargs,
             )
-            check_pretrained_file_fits(model, pretrained_file)
+            file_state = check_pretrained_file_fits(model, pretrained_file)
         # Weights of this project's own networks (no published ones) were trained on [-1, 1] as is.
         published = bool((model.pretrained_cfg or {}).get("url") or (model.pretrained_cfg or {}).get("hf_hub_id"))
         weights = "timm" if (pretrained or pretrained_file) and published else "none"
     attach_input_norm(model, normalization_for(model, weights, in_chans))
+    if file_state and any(k.startswith(f"{INPUT_NORM}.") for k in file_state):
+        # A backbone of this project saved as a state dict: its own input normalisation comes with it.
+        getattr(model, INPUT_NORM).load_state_dict(
+            {k.split(".", 1)[1]: v for k, v in file_state.items() if k.startswith(f"{INPUT_NORM}.")})
+        model.input_normalization = loaded_normalization(model, None)
     model.backbone_spec = {"name": name, "in_chans": in_chans, **kwargs}
     if checkpoint:
         meta = load_backbone_weights(model, checkpoint)

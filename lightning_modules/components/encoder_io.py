@@ -175,18 +175,21 @@ def pretrained_overlay(pretrained_file) -> dict | None:
     return {"file": str(path)}
 
 
-def check_pretrained_file_fits(model: nn.Module, pretrained_file) -> None:
+def check_pretrained_file_fits(model: nn.Module, pretrained_file) -> dict | None:
     """timm loads a file into a feature extractor non-strictly (its classifier is dropped), so a file of
-    another architecture would leave layers at random init: refuse any missing or foreign weight."""
+    another architecture would leave layers at random init: refuse any missing or foreign weight.
+    Returns the file's state dict (its `input_norm.*` buffers, if any, are the caller's to load)."""
     if not pretrained_file:
-        return
+        return None
     from timm.models import load_state_dict
 
     state = load_state_dict(str(pretrained_file), weights_only=True)
     heads = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
-    foreign = {k: v for k, v in state.items() if not k.startswith(tuple(f"{h}." for h in heads))}
+    skip = tuple(f"{h}." for h in heads) + ("input_norm.",)
+    foreign = {k: v for k, v in state.items() if not k.startswith(skip)}
     check_state_fits(model, foreign, f"model.backbone.pretrained_file={pretrained_file}")
+    return state
 
 
 @contextlib.contextmanager
