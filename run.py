@@ -339,7 +339,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
             save_encoder(module.backbone, output_dir() / "encoder.pt", datamodule.data_info,
                          head=getattr(module, "classifier", None))
         status = "interrupted" if trainer.interrupted else "completed"
-        write_results(output_dir() / RESULTS_FILE, results_payload(cfg, status, metrics, started))
+        # What the backbone's weights expect of the input (lightning_modules/components/pretrained.py).
+        norm = getattr(getattr(module, "backbone", None), "input_normalization", None)
+        extra = {"input_normalization": norm} if norm is not None else {}
+        write_results(output_dir() / RESULTS_FILE, results_payload(cfg, status, metrics, started, **extra))
         print(f"\n{metrics_table(metrics)}\n\nrun dir: {output_dir()}")
     return metrics, optimized
 

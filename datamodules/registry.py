@@ -304,6 +304,44 @@ def _imagefolder(root=None, download=False) -> RawSplits:
     return RawSplits(classes, {"all": samples})
 
 
+OFFICE31_DOMAINS = ("amazon", "webcam", "dslr")
+
+
+@register_dataset("office31")
+def _office31(root=None, download=False, domain=None, classes=None) -> RawSplits:
+    """Office-31 (Saenko et al. 2010), one domain: `<root>/<domain>/images/<class>/*.jpg` (the original
+    archive) or `<root>/<domain>/<class>/*.jpg`. `classes`: keep only these class names, or the first N
+    (sorted) when an int; null = all 31. There is no stable public download, so download=true cannot fetch it."""
+    if domain not in OFFICE31_DOMAINS:
+        raise ConfigError(f"data.dataset.domain={domain!r}: office31 needs one of {list(OFFICE31_DOMAINS)}")
+    if root is None:
+        raise ConfigError("office31 needs data.dataset.root=DIR holding DIR/<domain>/[images/]<class>/*.jpg")
+    root = Path(root).expanduser()
+    folder = root / domain / "images" if (root / domain / "images").is_dir() else root / domain
+    if not folder.is_dir():
+        raise DataNotFoundError(
+            f"office31: no folder {folder.resolve()} (looked for {root / domain}/images/<class>/*.jpg and "
+            f"{root / domain}/<class>/*.jpg). Office-31 has no stable public download: get the archive "
+            f"(Saenko et al. 2010, 'domain_adaptation_images') and unpack it so that {root}/{domain}/images/"
+            f"<class>/*.jpg exists, or point data.dataset.root at the folder that holds {domain}/"
+        )
+    names, samples = _scan_classes(folder)
+    if classes is None:
+        return RawSplits(names, {"all": samples})
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        if not 1 <= classes <= len(names):
+            raise ConfigError(f"data.dataset.classes={classes} must lie in [1, {len(names)}] (or be a list of names)")
+        keep = names[:classes]
+    else:
+        keep = [str(c) for c in classes]
+        unknown = sorted(set(keep) - set(names))
+        if unknown:
+            raise ConfigError(f"data.dataset.classes: {unknown} are not classes of {folder}; it has {names}")
+        keep = sorted(set(keep))
+    new_label = {names.index(name): i for i, name in enumerate(keep)}
+    return RawSplits(keep, {"all": [(path, new_label[label]) for path, label in samples if label in new_label]})
+
+
 # ---------------------------------------------------------------------------------------------
 
 

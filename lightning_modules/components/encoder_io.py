@@ -42,7 +42,9 @@ def save_encoder(backbone: nn.Module, path, input_spec: dict | None = None, head
         "format": ENCODER_FORMAT,
         "name": spec.pop("name", type(backbone).__name__),
         "spec": spec,
-        "input": dict(input_spec or {}),
+        # What the weights expect of the input (`pretrained.InputNorm`), beside the data they were trained on.
+        "input": {**(input_spec or {}), **({"normalization": backbone.input_normalization}
+                                           if hasattr(backbone, "input_normalization") else {})},
         "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
     }
     if isinstance(head, nn.Linear):
@@ -134,7 +136,8 @@ def read_backbone_state(path, option: str = "model.backbone.checkpoint") -> tupl
 def check_state_fits(model: nn.Module, state: dict, what: str) -> None:
     """Strict-load precheck: say which names are missing/unexpected and which shapes differ."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    # Files from before backbones had an `input_norm` lack its buffers; it then stays the identity.
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith("input_norm."))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
@@ -172,18 +175,21 @@ def pretrained_overlay(pretrained_file, option: str = "model.backbone.pretrained
     return {"file": str(path)}
 
 
-def check_pretrained_file_fits(model: nn.Module, pretrained_file) -> None:
+def check_pretrained_file_fits(model: nn.Module, pretrained_file) -> dict | None:
     """timm loads a file into a feature extractor non-strictly (its classifier is dropped), so a file of
-    another architecture would leave layers at random init: refuse any missing or foreign weight."""
+    another architecture would leave layers at random init: refuse any missing or foreign weight.
+    Returns the file's state dict (its `input_norm.*` buffers, if any, are the caller's to load)."""
     if not pretrained_file:
-        return
+        return None
     from timm.models import load_state_dict
 
     state = load_state_dict(str(pretrained_file), weights_only=True)
     heads = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
-    foreign = {k: v for k, v in state.items() if not k.startswith(tuple(f"{h}." for h in heads))}
+    skip = tuple(f"{h}." for h in heads) + ("input_norm.",)
+    foreign = {k: v for k, v in state.items() if not k.startswith(skip)}
     check_state_fits(model, foreign, f"model.backbone.pretrained_file={pretrained_file}")
+    return state
 
 
 @contextlib.contextmanager
