@@ -3,7 +3,7 @@
 Rows: scratch (the same network at random initialisation, everything trained at the head's learning
 rate), linear (frozen ImageNet features, head on cached features), partial (the last
 `--trainable-stages` stages + head, backbone at 0.1 x lr), full (everything, backbone at 0.1 x lr).
-Columns: labels per class (class-balanced subset of the train split, `model.datamodule.num_labels`
+Columns: labels per class (class-balanced subset of the train split, `data.num_labels`
 = k x 31; a class with fewer training photos gives all it has) and all labels. Split: stratified,
 `split_seed` 0 (70% train / 10% val / 20% test of the domain). Every cell: test accuracy (%), mean
 ± sd over seeds (the seed draws the labeled subset and the initialisation).
@@ -57,7 +57,7 @@ def job(domain: str, strategy: str, labels: str, seed: int, args) -> list[str]:
     return [
         "model=finetune", "data=office31", f"data.dataset.root={args.data}", f"data.dataset.domain={domain}",
         f"data.image_size={args.image_size}", f"data.batch_size={batch}", f"data.num_workers={args.workers}",
-        f"model.datamodule.num_labels={'null' if labels == 'all' else n}", f"model.datamodule.label_seed={seed}",
+        f"data.num_labels={'null' if labels == 'all' else n}", f"data.label_seed={seed}",
         "model.backbone.name=tf_efficientnet_lite0", *strategy_overrides(strategy, args.trainable_stages),
         f"model.optimizer.lr={lr}", f"trainer.max_epochs={epochs}", f"trainer.check_val_every_n_epoch={epochs}",
         "callbacks.model_checkpoint=null", f"seed={seed}",

@@ -311,7 +311,7 @@ def test_lite0_linear_on_webcam_beats_random_init_by_30_points(office31, tmp_pat
         train_in_process(
             "model=finetune", "data=office31", f"paths.shared_data_dir={office31}",
             "data.dataset.root=${paths.shared_data_dir}/office31", "data.dataset.domain=webcam",
-            "data.dataset.classes=10", "data.image_size=112", "model.datamodule.num_labels=50",
+            "data.dataset.classes=10", "data.image_size=112", "data.num_labels=50",
             "model.strategy=linear", f"model.backbone.name={LITE0}", f"model.backbone.pretrained={pretrained}",
             "model.optimizer.lr=0.01", "trainer.max_epochs=30", "callbacks=none", "logger=[]",
             run_dir=run_dir,
