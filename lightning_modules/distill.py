@@ -73,8 +73,9 @@ def teacher_from_timm(name: str, in_chans: int, pretrained: bool, pretrained_fil
             f"model.teacher.name={name} without weights would be an untrained teacher; set "
             f"model.teacher.checkpoint=PATH, model.teacher.pretrained=true or model.teacher.pretrained_file=FILE"
         )
-    with pretrained_file_errors(pretrained_file):
-        net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=pretrained_overlay(pretrained_file),
+    option = "model.teacher.pretrained_file"
+    with pretrained_file_errors(pretrained_file, option):
+        net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=pretrained_overlay(pretrained_file, option),
                                 in_chans=in_chans)
     return Teacher(net, nn.Identity())
 

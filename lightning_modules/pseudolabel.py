@@ -66,7 +66,7 @@ class PseudoLabel(BaseMethod):
                  scheduler_interval: str = "epoch", t1: float = 100, t2: float = 600, alpha_f: float = 3.0,
                  confidence_threshold: float = 0.0, use_unlabeled: bool = True, pseudo_labels_from: str = "eval"):
         super().__init__(optimizer, scheduler, scheduler_interval)
-        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])  # partials are not weights_only-loadable
+        self.save_hyperparameters(logger=False)
         if not t2 > t1 >= 0:
             raise ConfigError(f"model.t1={t1}, model.t2={t2}: need 0 <= t1 < t2 (epochs)")
         if alpha_f < 0:
