@@ -155,6 +155,16 @@ def test_planted_hpc_checkpoint_is_refused_and_kept_on_slurm(tmp_path, evil, on_
     assert_refused(err, "SLURM requeue checkpoint", planted)
 
 
+def test_own_hpc_checkpoint_resumes_on_slurm_and_is_then_discarded(tmp_path, on_slurm):
+    """The requeue path still works: Lightning finds hpc_ckpt_1.ckpt, reads it safely, resumes, then it is removed."""
+    train_in_process("data=digits", *FEW_STEPS, "test=false", run_dir=tmp_path)
+    snapshot = tmp_path / "hpc_ckpt_1.ckpt"
+    snapshot.write_bytes((tmp_path / "checkpoints" / "last.ckpt").read_bytes())
+    train_in_process("data=digits", *FEW_STEPS, "test=false", "trainer.max_epochs=2", run_dir=tmp_path)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4  # 2 + 2 resumed
+    assert not snapshot.exists()
+
+
 def test_discard_hpc_checkpoints_removes_only_files_of_this_job(tmp_path):
     import run
 
@@ -187,6 +197,20 @@ def test_fid_classifier_cache_is_refused(tmp_path, evil):
 
 # ------------------------------------------------------------------------------------------------
 # other bad files: one line, naming the option and the file
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_both_torch_file_formats_are_refused(tmp_path, evil, legacy):
+    _, marker = evil
+    planted = tmp_path / "x.pt"
+    torch.save({"payload": Evil(marker)}, planted, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(ConfigError) as err:
+        safe_load(planted, "model.backbone.checkpoint")
+    assert_refused(err, "model.backbone.checkpoint", planted)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="garbage.pt: not a readable PyTorch checkpoint"):
+        safe_load(garbage, "model.backbone.checkpoint")
 
 
 def test_missing_truncated_and_foreign_checkpoints_are_clear(tmp_path):
@@ -272,6 +296,19 @@ def test_partial_optimizer_is_saved_as_a_plain_config(tmp_path):
     assert torch.load(tmp_path / "m.ckpt", weights_only=True)["hyper_parameters"]["optimizer"]["lr"] == 0.1
     with pytest.raises(ConfigError, match="model.optimizer._target_=torch.optim.Nope"):
         optimizer_factory({"_target_": "torch.optim.Nope", "lr": 1.0})
+
+
+def test_preset_switching_sgd_to_adam_with_null_options_builds_adam(tmp_path):
+    """The runner's form: a plain {_target_, ...} dict from the config, `momentum: null` dropped."""
+    from conftest import compose
+
+    from lightning_modules.base import optimizer_factory
+
+    cfg = compose("experiment=dann_mnist_usps", run_dir=tmp_path)
+    spec = OmegaConf.to_container(cfg.model.optimizer, resolve=True)
+    assert "momentum" in spec and spec["momentum"] is None
+    optimizer = optimizer_factory(spec)(params=[torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(optimizer, torch.optim.Adam)
 
 
 # ------------------------------------------------------------------------------------------------

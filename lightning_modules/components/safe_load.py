@@ -105,7 +105,7 @@ def safe_load(path, option: str) -> Any:
     except Exception as err:
         # a legacy (non-zip) file is unpickled by the same restricted unpickler: its refusal names the global
         message = str(err)
-        if "Unsupported global" in message or "Unsupported operand" in message:
+        if "Unsupported global" in message:
             found = [part.split()[0].strip(" .,") for part in message.split("GLOBAL ")[1:]]
             raise _refused(where, found or ["unknown"]) from None
         raise _unreadable(where, err) from err
