@@ -213,6 +213,26 @@ def test_both_torch_file_formats_are_refused(tmp_path, evil, legacy):
         safe_load(garbage, "model.backbone.checkpoint")
 
 
+def test_older_checkpoints_with_optimizer_partials_load_and_nothing_else_does(tmp_path, evil):
+    """Checkpoints written before plain hyperparameters pickle Hydra partials of optimizer classes: those
+    (and only those) are allowed; a partial of any other callable is refused."""
+    import os
+
+    from hydra.utils import instantiate
+
+    _, marker = evil
+    old = tmp_path / "old.ckpt"
+    partial = instantiate({"_target_": "torch.optim.Adam", "lr": 0.5}, _partial_=True)
+    torch.save({"state_dict": {"w": torch.ones(1)}, "hyper_parameters": {"optimizer": partial}}, old)
+    assert safe_load(old, "ckpt_path=old")["hyper_parameters"]["optimizer"].keywords["lr"] == 0.5
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"hyper_parameters": {"optimizer": functools.partial(os.system, f"touch {marker}")}}, crafted)
+    with pytest.raises(ConfigError) as err:
+        safe_load(crafted, "ckpt_path=crafted")
+    assert_refused(err, "ckpt_path=crafted", crafted)
+    assert "system" in str(err.value)
+
+
 def test_missing_truncated_and_foreign_checkpoints_are_clear(tmp_path):
     with pytest.raises(ConfigError, match=r"model.backbone.checkpoint=.*nope.pt: no such file"):
         safe_load(tmp_path / "nope.pt", f"model.backbone.checkpoint={tmp_path / 'nope.pt'}")
