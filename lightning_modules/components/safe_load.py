@@ -54,6 +54,7 @@ def _where(option: str, path: Path) -> str:
 
 
 def _refused(where: str, names: list[str]) -> ConfigError:
+    names = sorted(set(names))
     shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
     return ConfigError(
         f"{where}: refused, the file holds Python objects ({shown}) that torch.load(weights_only=True) does not "
