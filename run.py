@@ -31,8 +31,9 @@ from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 from datamodules.errors import USER_ERRORS, ConfigError, DataFormatError, DataNotFoundError  # noqa: E402
 from lightning_modules.callbacks import FaultTolerance, interrupt_exit_code, is_interrupt  # noqa: E402
 from lightning_modules.components.encoder_io import save_encoder  # noqa: E402
+from lightning_modules.components.safe_load import SafeCheckpointIO, check_resume_fits, safe_load  # noqa: E402
 from lightning_modules.evaluation.embedding_plot import wait_for_plots  # noqa: E402
-from lightning_modules.rundir import AtomicCheckpointIO, claim_run_dir  # noqa: E402
+from lightning_modules.rundir import claim_run_dir  # noqa: E402
 from lightning_modules.runtime import (  # noqa: E402
     RESULTS_FILE, git_commit, is_rank_zero, library_versions, machine, metrics_table, scalar_metrics, write_results,
 )
@@ -109,12 +110,13 @@ def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
     if not path.is_file():
         hint = " (ckpt_path=last resumes the run in hydra.run.dir=<an existing run dir>)" if ckpt_path == "last" else ""
         raise ConfigError(f"ckpt_path={ckpt_path}: {path} does not exist{hint}")
-    import zipfile
-
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a truncated file has no directory
-        raise ConfigError(f"ckpt_path={ckpt_path}: {path} is not a readable PyTorch checkpoint (truncated or "
-                          f"corrupt?); point ckpt_path at another .ckpt or drop it to train from scratch")
     return str(path)
+
+
+def read_checkpoint(ckpt_path: str | None, option: str) -> dict | None:
+    """The resume/test checkpoint, read (weights_only=True) before any data is loaded, so a refused, truncated
+    or foreign file fails at once; Lightning then gets this copy (SafeCheckpointIO) instead of a second read."""
+    return safe_load(ckpt_path, option) if ckpt_path else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,10 +165,15 @@ def build_module(cfg: DictConfig, data_info: dict) -> pl.LightningModule:
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
     module_cfg = {k: v for k, v in model.items() if k not in RUNNER_KEYS}
+    # Options holding a `_target_` (optimizer, scheduler) reach the module as plain dicts, not instantiated:
+    # the method builds them (BaseMethod.configure_optimizers), so its saved hyperparameters hold no callables
+    # and every checkpoint loads with torch.load(weights_only=True).
+    plain = {k: module_cfg.pop(k) for k in list(module_cfg)
+             if k != "_target_" and isinstance(module_cfg[k], dict) and "_target_" in module_cfg[k]}
     accepted = inspect.signature(get_class(module_cfg["_target_"]).__init__).parameters
     extra = {k: v for k, v in data_info.items() if k in accepted and k not in module_cfg}
     try:
-        module = instantiate(module_cfg, **extra, _convert_="partial")
+        module = instantiate(module_cfg, **extra, _convert_="partial", _partial_=True)(**plain)
     except InstantiationException as err:
         # Hydra wraps constructor errors; surface ours (they name the option) as they are.
         if isinstance(err.__cause__, (ConfigError, DataFormatError, DataNotFoundError)):
@@ -196,10 +203,15 @@ def cluster_plugins(cfg: DictConfig) -> list:
 
 
 def discard_hpc_checkpoints(trainer: pl.Trainer) -> None:
-    """After a finished fit, so `trainer.test` on SLURM tests the trained weights, not a requeue snapshot."""
+    """After a finished fit, so `trainer.test` on SLURM tests the trained weights, not a requeue snapshot.
+    Only snapshots this job wrote or resumed from (read safely) are removed; any other file is left in place."""
     if trainer.is_global_zero:
+        trusted = getattr(trainer.strategy.checkpoint_io, "trusted", set())
         for stale in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
-            stale.unlink()
+            if str(stale) in trusted:
+                stale.unlink()
+            else:
+                log.warning("%s was neither written nor resumed from by this job: left in place", stale)
     trainer.strategy.barrier("discard_hpc_checkpoints")
 
 
@@ -278,9 +290,13 @@ def wandb_offline_without_network(node: DictConfig) -> None:
             node.offline = True
 
 
-def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> pl.Trainer:
-    plugins = [*cluster_plugins(cfg), AtomicCheckpointIO()]  # checkpoints written whole or not at all
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, _convert_="partial")
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list,
+                  checkpoint_io: SafeCheckpointIO | None = None) -> pl.Trainer:
+    """`checkpoint_io`: every checkpoint Lightning reads (ckpt_path, a SLURM requeue snapshot) goes
+    through safe_load (weights_only=True); every one it writes is written whole
+    (a temporary file, then renamed)."""
+    plugins = [*cluster_plugins(cfg), checkpoint_io or SafeCheckpointIO()]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="partial", plugins=plugins)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,25 +323,30 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     started = time.time()
     validate(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
+    ckpt_option = f"ckpt_path={cfg.get('ckpt_path')}"
+    checkpoint = read_checkpoint(ckpt_path, ckpt_option)
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.data_info)
+    if checkpoint is not None:
+        check_resume_fits(module, checkpoint, ckpt_option, ckpt_path)
+    checkpoint_io = SafeCheckpointIO(options={ckpt_path: ckpt_option} if ckpt_path else {},
+                                     preloaded={ckpt_path: checkpoint} if ckpt_path else {})
+    del checkpoint  # Lightning frees the handed-over copy once it has restored from it
     prepare_wandb(cfg)
     loggers = build_all(cfg, "logger")
     callbacks = build_all(cfg, "callbacks") + [FaultTolerance(output_dir() / "checkpoints")]
-    trainer = build_trainer(cfg, callbacks, loggers)
+    trainer = build_trainer(cfg, callbacks, loggers, checkpoint_io)
     record_precision(cfg, trainer)
     for logger in loggers:  # the resolved config, on every dashboard
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        # weights_only=False: a resume loads this tool's own checkpoint, whose hyperparameters hold the
-        # optimizer partials (torch>=2.6 would refuse them); never point ckpt_path at untrusted files.
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         discard_hpc_checkpoints(trainer)
         metrics.update(scalar_metrics(trainer.callback_metrics))
     optimized = metrics.get(cfg.model.get("optimized_metric") or "")

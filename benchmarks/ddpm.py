@@ -54,10 +54,12 @@ def wait_all(procs: dict[str, tuple[subprocess.Popen, Path, float]]) -> None:
 
 
 def trained_steps(run_dir: Path) -> int | None:
-    import torch
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from lightning_modules.components.safe_load import safe_load
 
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] if ckpt.is_file() else None
+    return safe_load(ckpt, f"{ckpt} (benchmark run)")["global_step"] if ckpt.is_file() else None
 
 
 def training_timing(run_dir: Path) -> dict:

@@ -266,9 +266,7 @@ def bare_step(method: str, module, datamodule, batch: int) -> Callable[[int], No
     m.train()
 
     def optimizer(params):
-        from lightning_modules.domain_adaptation import without_nulls
-
-        return without_nulls(m.optimizer_factory)(params=params)
+        return m.optimizer_factory(params=params)  # null options already dropped (base.optimizer_factory)
 
     def update(opt, loss):
         opt.zero_grad(set_to_none=True)

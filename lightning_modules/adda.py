@@ -19,6 +19,7 @@ from torch import nn
 
 from datamodules.errors import ConfigError
 
+from .base import optimizer_factory
 from .components.domain import domain_classifier
 from .domain_adaptation import DomainAdaptation
 
@@ -34,7 +35,8 @@ class ADDA(DomainAdaptation):
             raise ConfigError("adda uses constant learning rates (manual optimization): set model.scheduler=null")
         self.automatic_optimization = False
         self.source_phase = source_phase
-        self.adversarial_optimizer = adversarial_optimizer or self.optimizer_factory
+        self.adversarial_optimizer = (optimizer_factory(adversarial_optimizer, "model.adversarial_optimizer")
+                                      or self.optimizer_factory)
         self.target_encoder = copy.deepcopy(self.backbone)
         self.discriminator = domain_classifier(self.backbone.num_features, disc_hidden, disc_depth)
         self.register_buffer("adapting", torch.tensor(False))

@@ -1,8 +1,11 @@
-"""The thin base every method shares: optimizer/scheduler from config partials, a finite-loss guard,
+"""The thin base every method shares: optimizer/scheduler from plain configs, a finite-loss guard,
 and classification metrics for methods whose headline is `*/acc`."""
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import inspect
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -18,13 +21,46 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-class BaseMethod(pl.LightningModule):
-    """`optimizer` and `scheduler` are `functools.partial`s built by Hydra (`_partial_: true`)."""
+def optimizer_factory(spec: Any, option: str = "model.optimizer") -> Callable | None:
+    """A `functools.partial` building an optimizer (or scheduler) from `spec`: a `{_target_: class, **options}`
+    config (what the runner passes: plain, never instantiated, so hyperparameters stay loadable with
+    `torch.load(weights_only=True)`), a `functools.partial` (programmatic use) or None. Options set to null
+    are dropped, so a preset can remove one (SGD's `momentum: null` when it switches to Adam)."""
+    if spec is None:
+        return None
+    if isinstance(spec, Mapping):
+        cfg = {k: v for k, v in spec.items() if v is not None and k != "_partial_"}
+        if "_target_" not in cfg:
+            raise ConfigError(f"{option} needs a _target_ (e.g. {option}._target_=torch.optim.Adam); got keys {sorted(cfg)}")
+        from hydra.utils import instantiate
 
-    def __init__(self, optimizer: Callable, scheduler: Callable | None = None, scheduler_interval: str = "epoch"):
+        try:
+            spec = instantiate(cfg, _partial_=True, _convert_="all")
+        except Exception as err:
+            raise ConfigError(f"{option}._target_={cfg['_target_']}: {str(err).splitlines()[0]}") from None
+    if isinstance(spec, functools.partial):
+        return functools.partial(spec.func, *spec.args, **{k: v for k, v in spec.keywords.items() if v is not None})
+    if callable(spec):
+        return spec
+    raise ConfigError(f"{option}={spec!r}: give a config with a _target_ (e.g. torch.optim.Adam) or null")
+
+
+def plain_config(value: Any) -> Any:
+    """A `functools.partial` as the `{_target_, **options}` config that builds it (other values as they are)."""
+    if isinstance(value, functools.partial):
+        return {"_target_": f"{value.func.__module__}.{value.func.__qualname__}",
+                **{k: plain_config(v) for k, v in value.keywords.items()}}
+    return value
+
+
+class BaseMethod(pl.LightningModule):
+    """`optimizer` and `scheduler`: `{_target_: class, **options}` configs or partials (see `optimizer_factory`);
+    `params` (and `optimizer`, `total_steps` for schedulers that take them) are filled in here."""
+
+    def __init__(self, optimizer: Any, scheduler: Any = None, scheduler_interval: str = "epoch"):
         super().__init__()
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.optimizer_factory = optimizer_factory(optimizer, "model.optimizer")
+        self.scheduler_factory = optimizer_factory(scheduler, "model.scheduler")
         self.scheduler_interval = scheduler_interval
         self.compile_options: dict | None = None  # speed switches, set by run.py from model.compile /
         self.use_channels_last = False              # model.channels_last (see `speed_options`)
@@ -82,11 +118,23 @@ class BaseMethod(pl.LightningModule):
         """What the optimizer trains; methods with frozen parts or per-part learning rates override."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = True) -> None:
+        """Lightning's, with optimizer/scheduler partials (programmatic use) saved as their plain configs,
+        so every checkpoint loads with `torch.load(weights_only=True)`."""
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger)
+        for hparams in (self._hparams, getattr(self, "_hparams_initial", {})):
+            for key, value in list(hparams.items()):
+                hparams[key] = plain_config(value)
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        factory = getattr(self.scheduler_factory, "func", self.scheduler_factory)  # a partial's class
+        extra = {}
+        if "total_steps" in inspect.signature(factory).parameters:  # progress schedules (schedules.ProgressLR)
+            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **extra)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
     def check_finite(self, loss: torch.Tensor, name: str = "train/loss") -> torch.Tensor:

@@ -50,7 +50,7 @@ class DDPM(BaseMethod):
                  evaluation: dict | None = None, sample_only: bool = False, num_samples: int = 1000, seed: int = 0):
         super().__init__(optimizer, scheduler, scheduler_interval)
         # plain values only, so checkpoints load with torch.load(weights_only=True) (train=false ckpt_path=...)
-        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(logger=False)
         self.unet = UNet(in_chans=in_chans, image_size=image_size, **unet)
         self.ema = frozen_copy(self.unet)  # the EMA holds only the network: the schedule lives in `diffusion`
         self.diffusion = GaussianDiffusion(**(diffusion or {}))

@@ -91,7 +91,7 @@ class DeepCluster(SSLMethod):
         self.sobel_input = sobel
         super().__init__(backbone, num_classes, 2 if sobel else in_chans, optimizer, scheduler, scheduler_interval,
                          evaluation, train_encoder, lr_scaling, base_batch_size)
-        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])  # partials are not weights_only-loadable
+        self.save_hyperparameters(logger=False)
         self.sobel = Sobel(in_chans) if sobel else nn.Identity()
         self.head = nn.Linear(self.backbone.num_features, num_clusters)
         self.num_clusters, self.num_classes = num_clusters, num_classes

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +54,6 @@ def gather_rows(module, x: torch.Tensor) -> torch.Tensor:
     padded[: len(x)] = x
     rows = module.all_gather(padded)
     return torch.cat([rows[i, : int(n)] for i, n in enumerate(counts)])
-
-
-def without_nulls(factory):
-    """The partial without its null options, so a preset can switch SGD -> Adam by setting
-    `model.optimizer.momentum: null` (a config merge cannot delete a key)."""
-    if not isinstance(factory, functools.partial):
-        return factory
-    return functools.partial(factory.func, *factory.args, **{k: v for k, v in factory.keywords.items() if v is not None})
 
 
 def domain_separability(source: np.ndarray, target: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -137,17 +128,6 @@ class DomainAdaptation(BaseMethod):
         if self.trainer is None or self.trainer.world_size == 1:
             return loss
         return loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
-
-    def configure_optimizers(self):
-        optimizer = without_nulls(self.optimizer_factory)(params=self.parameter_groups())
-        if self.scheduler_factory is None:
-            return optimizer
-        factory = getattr(self.scheduler_factory, "func", self.scheduler_factory)  # a partial's class
-        extra = {}
-        if "total_steps" in inspect.signature(factory).parameters:
-            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.scheduler_factory(optimizer=optimizer, **extra)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
     # ----------------------------------------------------------------------------------------
     # validation and model selection

@@ -62,7 +62,8 @@ class DRCN(DomainAdaptation):
         self.trade_off, self.schedule, self.denoise = trade_off, schedule, denoise
         self.alternates_domains = schedule == "alternate"
         self.decoder = Decoder(self.backbone.num_features, in_chans, image_size, decoder_width)
-        self._idle: nn.Module | None = None
+        self._idle: str | None = None  # the part a step leaves out, by name (a module attribute would be
+                                       # registered as a submodule and land in the checkpoint twice)
 
     # the pair loader then serves {"source": ...} and {"target": ...} in turn (Algorithm 1's alternation);
     # `schedule: joint` sets it False on the instance
@@ -80,11 +81,11 @@ class DRCN(DomainAdaptation):
             # classification step on source: lambda * L_c
             xs, ys = batch["source"]
             loss = self.trade_off * self.source_loss(self.classifier(self.backbone(xs)), ys)
-            self._idle = self.decoder
+            self._idle = "decoder"
         else:
             # reconstruction step on target: (1 - lambda) * L_r
             loss = (1.0 - self.trade_off) * self.reconstruction_loss(batch["target"])
-            self._idle = self.classifier
+            self._idle = "classifier"
         return self.with_all_parameters(self.check_finite(loss))
 
     def reconstruction_loss(self, xt: torch.Tensor) -> torch.Tensor:
@@ -106,5 +107,5 @@ class DRCN(DomainAdaptation):
     def on_before_optimizer_step(self, optimizer) -> None:
         """Under DDP the idle part got exact-zero gradients; drop them so it is not stepped (as without DDP)."""
         if self._idle is not None:
-            for p in self._idle.parameters():
+            for p in getattr(self, self._idle).parameters():
                 p.grad = None

@@ -44,7 +44,7 @@ class MoCo(SSLMethod):
                  momentum: float = 0.999, bn: str = "auto", bn_splits: int = 8, symmetric: bool = False,
                  **ssl_options):
         super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, **ssl_options)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(logger=False)
         if bn not in BN_MODES:
             raise ConfigError(f"model.bn={bn!r}; choices: {list(BN_MODES)}")
         if not 0.0 <= momentum < 1.0:

@@ -68,7 +68,7 @@ class PseudoLabel(BaseMethod):
                  scheduler_interval: str = "epoch", t1: float = 0.25, t2: float = 0.75, alpha_f: float = 3.0,
                  confidence_threshold: float = 0.0, use_unlabeled: bool = True, pseudo_labels_from: str = "eval"):
         super().__init__(optimizer, scheduler, scheduler_interval)
-        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])  # partials are not weights_only-loadable
+        self.save_hyperparameters(logger=False)
         if not 1 >= t2 > t1 >= 0:
             raise ConfigError(f"model.t1={t1}, model.t2={t2}: need 0 <= t1 < t2 <= 1 (fractions of the run; "
                               f"Lee's T1=100, T2=600 epochs are 0.1 and 0.6 of a 1,000-epoch run)")

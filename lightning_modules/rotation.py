@@ -19,7 +19,7 @@ class RotationPrediction(SSLMethod):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  head_hidden_dim: int = 0, **ssl_options):
         super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, **ssl_options)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(logger=False)
         layers = 2 if head_hidden_dim else 1
         self.rotation_head = ProjectionMLP(self.backbone.num_features, head_hidden_dim or 4, 4, num_layers=layers,
                                            batch_norm=True)

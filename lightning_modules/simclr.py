@@ -21,7 +21,7 @@ class SimCLR(SSLMethod):
                  projector: dict | None = None, temperature: float = 0.5, gather_negatives: bool = True,
                  **ssl_options):
         super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, **ssl_options)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(logger=False)
         self.projector = ProjectionMLP(self.backbone.num_features, **(projector or {}))
         self.temperature, self.gather_negatives = temperature, gather_negatives
 

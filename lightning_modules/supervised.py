@@ -12,7 +12,7 @@ class Supervised(BaseMethod):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  scheduler_interval: str = "epoch"):
         super().__init__(optimizer, scheduler, scheduler_interval)
-        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])  # partials are not weights_only-loadable
+        self.save_hyperparameters(logger=False)
         self.backbone = create_backbone(in_chans=in_chans, **backbone)
         self.classifier = nn.Linear(self.backbone.num_features, num_classes)
         self.metrics = ClassificationMetrics(num_classes)

@@ -49,7 +49,7 @@ def test_deepcluster_runs_saves_clusters_and_resumes(cli, tmp_path):
         assert key in metrics, key
     assert metrics["train/empty_clusters"] == 0 and 0 <= metrics["test/nmi"] <= 1
     assert (tmp_path / "cluster_sizes.png").is_file()
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["deepcluster"]
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["deepcluster"]
     n_train = len(load_dataset({"name": "digits"}).train)
     assert len(state["assignments"]) == n_train and state["centroids"].shape == (20, 16)
     assert state["assignments"].max() < 20 and state["clusterings"] == 2
@@ -57,7 +57,7 @@ def test_deepcluster_runs_saves_clusters_and_resumes(cli, tmp_path):
     cli(*common, "trainer.max_epochs=3", "ckpt_path=last", run_dir=tmp_path)
     resumed = read_results(tmp_path)["metrics"]
     assert "train/nmi_prev_epoch" in resumed
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 2 and state["deepcluster"]["clusterings"] == 3
 
 

@@ -169,7 +169,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted
     with pytest.raises(SystemExit):  # Lightning's SIGTERMException, once the current batch is done
         run_in_process(*RESUMABLE, *kill, run_dir=tmp_path)
     assert read_results(tmp_path)["status"] == "interrupted"
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["global_step"] == step
     resumed, _ = train_in_process(*RESUMABLE, "ckpt_path=last", run_dir=tmp_path)
     assert read_results(tmp_path)["status"] == "completed"
@@ -208,7 +208,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, damage):
         torch.save({"state_dict": {"w": torch.zeros(1000)}}, ckpt)
         ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
         assert not zipfile.is_zipfile(ckpt)
-    with pytest.raises(ConfigError, match="ckpt_path=last: .*last.ckpt is not a readable PyTorch checkpoint"):
+    with pytest.raises(ConfigError, match="ckpt_path=last: .*last.ckpt: not a readable PyTorch checkpoint"):
         train_in_process("ckpt_path=last", run_dir=tmp_path)
 
 

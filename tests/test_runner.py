@@ -141,7 +141,7 @@ def test_resume_from_last_checkpoint_continues_training(tmp_path):
     train_in_process(*common, "trainer.max_epochs=2", "ckpt_path=last", run_dir=tmp_path)
     import torch
 
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 1 and state["global_step"] == 6  # 3 steps from run 1 + 3 more after resuming
     assert first["status"] == "completed"
 

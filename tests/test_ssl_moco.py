@@ -77,7 +77,7 @@ def test_resume_restores_queue_and_key_encoder(tmp_path):
     first = _moco()
     _fit(first, tmp_path, epochs=1)
     assert int(first.queue_ptr) == 32
-    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
     assert "queue" in saved and "queue_ptr" in saved and any(k.startswith("key_backbone.") for k in saved)
 
     torch.manual_seed(1)

@@ -7,14 +7,12 @@ backbone weights}` and, when the run trained a classifier on top, `"head": {"wei
 A Lightning `.ckpt` of this project is accepted too: its weights under `backbone.` (and
 `classifier.`) are taken, and the backbone name comes from its saved hyper-parameters.
 
-Every file is read with `torch.load(weights_only=True)`. A project `.ckpt` also pickles the
-optimizer/scheduler settings (Hydra partials of `torch.optim` classes); exactly those globals
-are allow-listed, anything else is refused.
+Every file is read through `safe_load.safe_load` (`torch.load(weights_only=True)`): a file holding
+Python objects is refused before anything in it runs.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 import pickle
 from pathlib import Path
 
@@ -23,14 +21,9 @@ from torch import nn
 
 from datamodules.errors import ConfigError
 
+from .safe_load import safe_load, state_mismatch
+
 ENCODER_FORMAT = "transferlab-encoder"
-# The only non-tensor globals a project .ckpt may contain: its optimizer and scheduler partials, and
-# numpy arrays/scalars of callback states (RNG states); see `load_checkpoint_file`.
-_CONFIG_GLOBAL_PREFIXES = (
-    "torch.optim.", "hydra._internal.target_policy.", "functools.partial",
-    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar",
-    "numpy._core.multiarray.scalar", "numpy.ndarray", "numpy.dtype", "numpy.dtypes.",
-)
 # Backbone options of a .ckpt's hyper-parameters that are load-time switches, not architecture.
 _LOAD_OPTIONS = ("name", "pretrained", "pretrained_file", "checkpoint")
 
@@ -56,44 +49,24 @@ def save_encoder(backbone: nn.Module, path, input_spec: dict | None = None, head
     return path
 
 
-def _import(qualified: str):
-    module, _, attr = qualified.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
-
-
 def load_checkpoint_file(path, option: str = "model.backbone.checkpoint"):
-    """`torch.load(path, weights_only=True)`, allowing only a project .ckpt's optimizer settings.
+    """The file behind `option` (safe_load: weights_only=True; a clear `ConfigError` naming both otherwise)."""
+    return safe_load(path, f"{option}={Path(path).expanduser()}")
 
-    Missing, unreadable or foreign files raise a `ConfigError` that names `option` and the path.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{option}={path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:
-            unsafe = None
-        if not unsafe or not all(name.startswith(_CONFIG_GLOBAL_PREFIXES) for name in unsafe):
-            raise ConfigError(
-                f"{option}={path}: not loadable with weights_only=True (it holds Python objects: "
-                f"{', '.join(unsafe) if unsafe else str(err).splitlines()[0][:300]}); "
-                f"expected an encoder.pt, a Lightning .ckpt of this project or a state dict"
-            ) from err
-        try:
-            allowed = [_import(name) for name in unsafe]
-            if any(name.startswith("numpy.") for name in unsafe):  # numpy rebuilds arrays from dtype classes
-                import numpy as np
 
-                allowed += list({type(np.dtype(t)) for t in set(np.sctypeDict.values())})
-            with torch.serialization.safe_globals(allowed):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err2:
-            raise ConfigError(f"{option}={path}: cannot be read as a torch checkpoint ({err2})") from err2
-    except Exception as err:  # truncated zip archives, wrong file types
-        raise ConfigError(f"{option}={path}: cannot be read as a torch checkpoint ({err})") from err
+def read_weights_file(path, option: str) -> dict:
+    """The weights of a local file as timm's `load_state_dict` takes them (EMA weights first, then
+    `state_dict` / `model`, wrapper prefixes removed), read through safe_load."""
+    from timm.models._helpers import clean_state_dict
+
+    obj = load_checkpoint_file(path, option)
+    if isinstance(obj, dict):
+        key = next((k for k in ("state_dict_ema", "model_ema", "state_dict", "model") if isinstance(obj.get(k), dict)), None)
+        obj = obj[key] if key else obj
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise ConfigError(f"{option}={path}: holds no state dict of tensors (a weights file such as timm's .pth / "
+                          f".safetensors is expected)")
+    return clean_state_dict(obj)
 
 
 def _prefixed(state: dict, prefix: str) -> dict:
@@ -134,20 +107,12 @@ def read_backbone_state(path, option: str = "model.backbone.checkpoint") -> tupl
 
 
 def check_state_fits(model: nn.Module, state: dict, what: str) -> None:
-    """Strict-load precheck: say which names are missing/unexpected and which shapes differ."""
-    own = model.state_dict()
+    """Strict-load precheck: say how many names are missing/unexpected and which shapes differ."""
     # Files from before backbones had an `input_norm` lack its buffers; it then stays the identity.
-    missing = sorted(k for k in set(own) - set(state) if not k.startswith("input_norm."))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ConfigError(
-            f"{what} does not fit the backbone: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
-            f"shape mismatches {shapes[:5]}"
-        )
+    own = {k: v for k, v in model.state_dict().items() if k in state or not k.startswith("input_norm.")}
+    diff = state_mismatch(own, state)
+    if diff:
+        raise ConfigError(f"{what} does not fit the backbone: {diff}")
 
 
 def load_backbone_weights(model: nn.Module, path, option: str = "model.backbone.checkpoint") -> dict:
@@ -166,29 +131,28 @@ def load_backbone_weights(model: nn.Module, path, option: str = "model.backbone.
 
 
 def pretrained_overlay(pretrained_file, option: str = "model.backbone.pretrained_file") -> dict | None:
-    """timm's `pretrained_cfg_overlay` for a local weights file, checked before timm reads it."""
+    """timm's `pretrained_cfg_overlay` for a local weights file, read through safe_load before timm reads
+    it (timm's own read is weights_only too), so a refused or broken file gets our one-line error."""
     if not pretrained_file:
         return None
     path = Path(pretrained_file).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{option}={path}: no such file")
+    if path.suffix != ".npz":  # JAX .npz weights: timm reads them with numpy, allow_pickle=False
+        read_weights_file(path, option)
     return {"file": str(path)}
 
 
-def check_pretrained_file_fits(model: nn.Module, pretrained_file) -> dict | None:
+def check_pretrained_file_fits(model: nn.Module, pretrained_file, option: str = "model.backbone.pretrained_file") -> dict | None:
     """timm loads a file into a feature extractor non-strictly (its classifier is dropped), so a file of
     another architecture would leave layers at random init: refuse any missing or foreign weight.
     Returns the file's state dict (its `input_norm.*` buffers, if any, are the caller's to load)."""
-    if not pretrained_file:
+    if not pretrained_file or Path(pretrained_file).suffix == ".npz":
         return None
-    from timm.models import load_state_dict
-
-    state = load_state_dict(str(pretrained_file), weights_only=True)
+    state = read_weights_file(Path(pretrained_file).expanduser(), option)
     heads = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
     skip = tuple(f"{h}." for h in heads) + ("input_norm.",)
     foreign = {k: v for k, v in state.items() if not k.startswith(skip)}
-    check_state_fits(model, foreign, f"model.backbone.pretrained_file={pretrained_file}")
+    check_state_fits(model, foreign, f"{option}={pretrained_file}")
     return state
 
 

@@ -25,7 +25,9 @@ from scipy import linalg
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.errors import ConfigError
 from lightning_modules.components.backbones import create_backbone
+from lightning_modules.components.safe_load import safe_load, state_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +144,14 @@ def cached_classifier(cache_dir: str | Path, key_spec: dict, train: Dataset, tes
     path = Path(cache_dir).expanduser() / f"fid_classifier-{cache_key(spec)}.pt"
     model = FeatureClassifier(in_chans, num_classes, train_options.get("name", "small_cnn"))
     if path.is_file():
-        stored = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(stored["state_dict"])
+        option = f"model.evaluation.cache_dir={cache_dir} (FID classifier cache)"
+        stored = safe_load(path, option)
+        state = stored.get("state_dict") if isinstance(stored, dict) else None
+        diff = state_mismatch(model.state_dict(), state) if isinstance(state, dict) else "no 'state_dict'"
+        if diff or "meta" not in stored:
+            raise ConfigError(f"{option}: {path} does not fit the FID classifier ({diff or 'no meta'}); "
+                              f"delete it to train a new one")
+        model.load_state_dict(state)
         return model.eval(), {**stored["meta"], "file": str(path), "cached": True}
     log.info("training the FID feature classifier (cached at %s)", path)
     model, acc = train_classifier(train, test, in_chans, num_classes, **train_options)
