@@ -84,6 +84,11 @@ def write_mnist_photo_folder(limit: int = 10_000) -> None:
         Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
 
 
+def relative(arg: str) -> str:
+    """An argument as the table prints it: paths relative to the repository root."""
+    return arg.replace(f"{ROOT}/", "").replace(str(ROOT.parent), "..")
+
+
 def run_one(method: str, dataset: str, seed: int, baseline: bool, out: Path) -> dict:
     fam = family_of(method)
     extra = FAMILY[fam][1] if baseline else []
@@ -95,7 +100,7 @@ def run_one(method: str, dataset: str, seed: int, baseline: bool, out: Path) -> 
     model = [a for a in extra if a.startswith("model=")] or [f"model={method}"]
     args = [*model, *data, f"seed={seed}", *[a for a in extra if not a.startswith("model=")],
             "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}"]
-    command = "python run.py " + shlex.join(a.replace(str(ROOT.parent), "..") for a in args[:-1])
+    command = "python run.py " + shlex.join(relative(a) for a in args[:-1])
     results = run_dir / "results.json"
     if results.is_file() and json.loads(results.read_text()).get("status") == "completed":
         return cached_row(method, dataset, seed, arm, command, results)  # a rerun skips finished runs
@@ -161,6 +166,8 @@ def main() -> None:
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
     store = json.loads(args.json.read_text()) if args.json.is_file() else {"rows": []}
+    for row in store["rows"]:  # rows of an earlier version printed ../main/... for paths in the repository
+        row["command"] = row["command"].replace("../main/", "")
     if not args.report:
         write_mnist_photo_folder()
         for method in args.methods:

@@ -31,11 +31,13 @@ RNG = np.random.default_rng(0)
 
 
 def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ns) of every file under `roots` (the checkout and the inputs), caches left out."""
+    """(size, mtime_ns) of every file under `roots` (the checkout and the inputs); caches, the virtual
+    environment and benchmark outputs (written by other processes, never by a run into a tmp dir) left out."""
     out = {}
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if d not in (".git", "__pycache__", ".pytest_cache")]
+            dirnames[:] = [d for d in dirnames if d not in (".git", "__pycache__", ".pytest_cache", ".venv", "venv")
+                           and not (d == "benchmarks" and os.path.basename(dirpath) == "outputs")]
             for name in filenames:
                 st = os.stat(os.path.join(dirpath, name))
                 out[os.path.join(dirpath, name)] = (st.st_size, st.st_mtime_ns)

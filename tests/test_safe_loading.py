@@ -16,14 +16,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, ROOT, train_in_process
+from conftest import CONF_DIR, ROOT, compose, train_in_process
 from datamodules.errors import ConfigError
 from lightning_modules.components.safe_load import SafeCheckpointIO, safe_load
 
 # Keep each fit to a few steps; methods whose evaluation samples or clusters get smaller settings.
 FEW_STEPS = ["debug=smoke", "callbacks.progress_bar=null", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
 DDPM_SMALL = ["model.input.image_size=16", "model.unet.base_channels=8", "model.diffusion.timesteps=50", "model.sampling.ddim_steps=5",
-              "model.grid.num_images=4", "model.evaluation.num_samples=32", "model.evaluation.classifier.epochs=1"]
+              "model.grid.num_images=4", "model.evaluation.num_samples=32", "model.evaluation.classifier.epochs=1",
+              "trainer.max_steps=-1"]  # the epoch-based resume below (DDPM's default budget is max_steps)
 
 
 class Evil:
@@ -182,13 +183,13 @@ def test_discard_hpc_checkpoints_removes_only_files_of_this_job(tmp_path):
 def test_fid_classifier_cache_is_refused(tmp_path, evil):
     from torch.utils.data import TensorDataset
 
-    from lightning_modules.evaluation.fid import cache_key, cached_classifier
+    from lightning_modules.evaluation.fid import FeatureClassifier, cached_classifier, classifier_cache_file
 
     make, _ = evil
     key_spec = {"dataset": "digits"}
     options = {"epochs": 1}
     spec = {**key_spec, "in_chans": 1, "num_classes": 10, **options}
-    planted = make(tmp_path / "cache" / f"fid_classifier-{cache_key(spec)}.pt")
+    planted = make(classifier_cache_file(tmp_path / "cache", spec, FeatureClassifier(1, 10, "small_cnn")))
     data = TensorDataset(torch.zeros(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ConfigError) as err:
         cached_classifier(tmp_path / "cache", key_spec, data, data, 1, 10, **options)
@@ -266,7 +267,7 @@ def methods() -> list[tuple[str, str]]:
 
     pairs = []
     for path in sorted((CONF_DIR / "model").glob("*.yaml")):
-        kind = getattr(get_class(OmegaConf.load(path).datamodule._target_), "data_kind", "single")
+        kind = getattr(get_class(compose(f"model={path.stem}").model.datamodule._target_), "data_kind", "single")
         pairs.append((path.stem, "digits_to_digits_m" if kind == "pair" else "digits"))
     return pairs
 
@@ -283,8 +284,8 @@ def test_every_method_checkpoint_loads_weights_only_and_resumes(tmp_path, model,
     extra = list(DDPM_SMALL) if model == "ddpm" else []
     if data == "digits_to_digits_m":
         extra.append("model.tsne=false")  # the t-SNE maps are the slowest part of a 2-step run
-    if "knn_bank_size" in OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml").datamodule:
-        extra.append("model.datamodule.knn_bank_size=64")  # the kNN validation embeds the bank every epoch
+    if "knn_bank_size" in compose(f"model={model}").data:
+        extra.append("data.knn_bank_size=64")  # the kNN validation embeds the bank every epoch
     if model == "distill":
         extra.append(f"model.teacher.checkpoint={request.getfixturevalue('teacher')}")
     common = (f"model={model}", f"data={data}", *FEW_STEPS, "test=false", *extra)
@@ -324,7 +325,8 @@ def test_preset_switching_sgd_to_adam_with_null_options_builds_adam(tmp_path):
 
     from lightning_modules.base import optimizer_factory
 
-    cfg = compose("experiment=dann_mnist_usps", run_dir=tmp_path)
+    cfg = compose("model=dann", "model.optimizer.momentum=null", "model.optimizer._target_=torch.optim.Adam",
+                  "~model.optimizer.nesterov", run_dir=tmp_path)
     spec = OmegaConf.to_container(cfg.model.optimizer, resolve=True)
     assert "momentum" in spec and spec["momentum"] is None
     optimizer = optimizer_factory(spec)(params=[torch.nn.Parameter(torch.zeros(1))])

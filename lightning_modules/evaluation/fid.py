@@ -135,14 +135,21 @@ def _train_classifier(train, test, in_chans, num_classes, name, epochs, lr, batc
     return model.eval(), _accuracy(model, DataLoader(test, batch_size=500))
 
 
+def classifier_cache_file(cache_dir: str | Path, spec: dict, model: nn.Module) -> Path:
+    """The cache file of a classifier: keyed by its spec and its weights' names and shapes, so a cache
+    written by a version whose classifier differs (e.g. before backbones had input_norm) is another file."""
+    layout = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+    return Path(cache_dir).expanduser() / f"fid_classifier-{cache_key({**spec, 'layout': layout})}.pt"
+
+
 def cached_classifier(cache_dir: str | Path, key_spec: dict, train: Dataset, test: Dataset, in_chans: int,
                       num_classes: int, **train_options) -> tuple[FeatureClassifier, dict]:
     """Load the classifier for `key_spec` from `cache_dir`, or train it once and store it there.
 
     Returns the model and its metadata (key spec, test accuracy, file)."""
-    spec = {**key_spec, "in_chans": in_chans, "num_classes": num_classes, **train_options}
-    path = Path(cache_dir).expanduser() / f"fid_classifier-{cache_key(spec)}.pt"
     model = FeatureClassifier(in_chans, num_classes, train_options.get("name", "small_cnn"))
+    spec = {**key_spec, "in_chans": in_chans, "num_classes": num_classes, **train_options}
+    path = classifier_cache_file(cache_dir, spec, model)
     if path.is_file():
         option = f"model.evaluation.cache_dir={cache_dir} (FID classifier cache)"
         stored = safe_load(path, option)
