@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
+NOTES = "## Notes"
 FOLDERS = ROOT / "outputs" / "benchmarks" / "defaults" / "data"
 
 # Datasets none of the presets was tuned on, as a user would pass them.
@@ -182,7 +183,9 @@ def main() -> None:
                                          if (r["method"], r["dataset"], r["seed"], r["arm"]) != key] + [row]
                         args.json.parent.mkdir(parents=True, exist_ok=True)
                         args.json.write_text(json.dumps(store, indent=1) + "\n")
-    (RESULTS / "defaults.md").write_text(report(store["rows"]))
+    md = RESULTS / "defaults.md"
+    notes = md.read_text().partition(NOTES)[2] if md.is_file() else ""  # hand-written, kept across reruns
+    md.write_text(report(store["rows"]) + (f"\n{NOTES}{notes}" if notes else ""))
     print(report(store["rows"]))
 
 
