@@ -455,8 +455,6 @@ def legacy_form_error(args: list[str]) -> str | None:
 
 
 if __name__ == "__main__":
-    import sys
-
     legacy = legacy_form_error(sys.argv[1:])
     if legacy:
         print(f"error: {legacy}", file=sys.stderr)

@@ -33,6 +33,8 @@ SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 NOTES = "## Notes"
 FOLDERS = ROOT / "outputs" / "benchmarks" / "defaults" / "data"
+sys.path.insert(0, str(ROOT))
+from benchmarks.run_many import mean_sd  # noqa: E402
 
 # Datasets none of the presets was tuned on, as a user would pass them.
 SINGLE = {
@@ -69,7 +71,6 @@ def write_mnist_photo_folder(limit: int = 10_000) -> None:
     root = FOLDERS / "mnist_photo"
     if root.is_dir():
         return
-    sys.path.insert(0, str(ROOT))
     from PIL import Image
 
     from datamodules.registry import DATASETS
@@ -126,11 +127,10 @@ def cached_row(method, dataset, seed, arm, command, results: Path) -> dict:
             "metrics": {k: metrics.get(k) for k in FAMILY[family_of(method)][2]}}
 
 
-def mean_sd(values: list[float], scale: float) -> str:
-    values = [v * scale for v in values if v is not None]
-    if not values:
-        return "-"
-    return f"{statistics.mean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+def cell(values: list, scale: float) -> str:
+    """'mean ± sd' of the runs that finished, '-' when none did."""
+    values = [v for v in values if v is not None]
+    return mean_sd(values, scale, digits=1) if values else "-"
 
 
 def report(rows: list[dict]) -> str:
@@ -146,8 +146,8 @@ def report(rows: list[dict]) -> str:
                     for arm in ("default", "baseline")}
             values = {arm: [r.get("metrics", {}).get(metric) for r in rs] for arm, rs in arms.items()}
             seconds = [r["seconds"] for r in arms["default"]]
-            lines.append(f"| {method} | {dataset} | {metric} | {mean_sd(values['default'], scale)} | "
-                         f"{mean_sd(values['baseline'], scale)} | {len(arms['default'])} | "
+            lines.append(f"| {method} | {dataset} | {metric} | {cell(values['default'], scale)} | "
+                         f"{cell(values['baseline'], scale)} | {len(arms['default'])} | "
                          f"{statistics.mean(seconds):.0f} |" if seconds else "")
     failed = [r for r in rows if r["returncode"] != 0]
     commands = sorted({r["command"] for r in rows})
