@@ -1,12 +1,16 @@
 """What every DataModule shares: loader settings and the `data_info` the runner hands to a method."""
 from __future__ import annotations
 
+import os
+
 import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CUDAAccelerator
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, Dataset
 
+from .datasets import ImageFileDataset, TensorImageDataset
+from .decoded_cache import check_cache_option
 from .errors import ConfigError
 from .train_augment import AffineAugment
 
@@ -27,13 +31,16 @@ class BaseDataModule(pl.LightningDataModule):
         channels: int | None = None,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = False,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_seed: int = 0,
         train_augment: dict | None = None,
+        cache: str = "auto",
+        cache_dir: str | None = None,
+        cache_max_gb: float | None = None,
     ):
         super().__init__()
         self.train_augment = AffineAugment.from_config(train_augment)
@@ -47,9 +54,13 @@ class BaseDataModule(pl.LightningDataModule):
         self.image_size, self.channels = image_size, channels
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        if num_workers is not None and num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be >= 0 (or null: sized to the machine)")
         self.num_workers, self.pin_memory_option = num_workers, pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self.persistent_workers_option = persistent_workers
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        check_cache_option(cache, cache_max_gb)
+        self.cache_options = dict(cache=cache, cache_dir=cache_dir, cache_max_gb=cache_max_gb)
 
     @property
     def pin_memory(self) -> bool:
@@ -87,7 +98,19 @@ class BaseDataModule(pl.LightningDataModule):
         return dict(
             image_size=self.image_size, channels=self.channels, val_fraction=self.val_fraction,
             test_fraction=self.test_fraction, split_seed=self.split_seed, labels_needed=self.labels_needed,
+            **self.cache_options,
         )
+
+    def worker_options(self, dataset: Dataset) -> dict:
+        """DataLoader workers: data.num_workers, or (null) none for a split held in memory (a batch is one
+        gather) and, for files read per step, the cores the compute threads leave free (at most 4)."""
+        workers = self.num_workers
+        if workers is None:
+            while not isinstance(dataset, (TensorImageDataset, ImageFileDataset)) and hasattr(dataset, "dataset"):
+                dataset = dataset.dataset  # through views / index / subset wrappers
+            in_memory = not isinstance(dataset, ImageFileDataset)
+            workers = 0 if in_memory else min(4, max(0, (os.cpu_count() or 1) - torch.get_num_threads()))
+        return {"num_workers": workers, "persistent_workers": bool(self.persistent_workers_option and workers > 0)}
 
     def loader(self, dataset: Dataset, train: bool, batch_size: int | None = None) -> DataLoader:
         return DataLoader(
@@ -95,9 +118,8 @@ class BaseDataModule(pl.LightningDataModule):
             batch_size=batch_size or (self.batch_size if train else self.eval_batch_size),
             shuffle=train,
             drop_last=train and len(dataset) > (batch_size or self.batch_size),
-            num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            **self.worker_options(dataset),
         )
 
     @property

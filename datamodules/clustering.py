@@ -84,8 +84,8 @@ class ClusteringDataModule(MultiViewDataModule):
         train = self.splits.train
         dataset = RawImages(train) if self.backend == "batched" else ViewsDataset(train, self.augmenter, 1)
         return DataLoader(WithIndex(dataset), batch_size=self.batch_size, sampler=self.sampler,
-                          drop_last=len(train) > self.batch_size, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.persistent_workers)
+                          drop_last=len(train) > self.batch_size, pin_memory=self.pin_memory,
+                          **self.worker_options(train))
 
     def cluster_dataloader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
         """Clean training images `(x, y)` of the indices rank, rank + world_size, ... in order."""

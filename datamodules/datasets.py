@@ -4,7 +4,8 @@ Two kinds:
 - `TensorImageDataset`: the whole split held as one uint8 tensor (N, C, H, W); conversion to the
   requested size and channel count happens once, in batches. This is the fast path for every
   dataset that fits in memory.
-- `ImageFileDataset`: images read from files one by one (imagefolder); the general path.
+- `ImageFileDataset`: images read from files one by one: a folder over the memory budget or with
+  `data.cache=none`; otherwise `decoded_cache` decodes a folder once into a `TensorImageDataset`.
 
 Both return float images normalised to [-1, 1] (the same for every domain) and int labels.
 """
@@ -93,6 +94,13 @@ class TensorImageDataset(Dataset):
         if len(self.images) != len(self.labels):
             raise DataFormatError(f"{len(self.images)} images but {len(self.labels)} labels")
 
+    @classmethod
+    def from_uint8(cls, images: torch.Tensor, labels: torch.Tensor) -> "TensorImageDataset":
+        """Images already converted (uint8 N, C, H, W), e.g. a decoded image folder: nothing is copied."""
+        new = object.__new__(cls)
+        new.images, new.labels = images, torch.as_tensor(labels, dtype=torch.long)
+        return new
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -123,10 +131,11 @@ class ImageFileDataset(Dataset):
         self.samples = list(samples)
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.long)
         self.image_size, self.channels = image_size, channels
-        first = self._read(self.samples[0][0]) if self.samples else None
+        first = self.read(self.samples[0][0]) if self.samples else None
         self.native_channels = None if first is None else first.shape[0]
 
-    def _read(self, path: Path) -> torch.Tensor:
+    def read(self, path: Path) -> torch.Tensor:
+        """One file as uint8 (C, H, W) at its own size, in the requested channels."""
         try:
             with Image.open(path) as img:
                 if self.image_size is not None and img.format == "JPEG":
@@ -145,7 +154,7 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, i):
         path, label = self.samples[i]
-        x = resize_batch(self._read(path)[None].float(), self.image_size)
+        x = resize_batch(self.read(path)[None].float(), self.image_size)
         return x[0].round().clamp(0, 255).div(127.5).sub(1.0), label
 
     def subset(self, indices) -> "ImageFileDataset":

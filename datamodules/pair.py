@@ -149,9 +149,8 @@ class PairDataModule(BaseDataModule):
             return self.loader(dataset, train=True)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=True,
                                      seed=self.split_seed, drop_last=len(dataset) >= world)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
-                          drop_last=len(dataset) // world > self.batch_size)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, pin_memory=self.pin_memory,
+                          drop_last=len(dataset) // world > self.batch_size, **self.worker_options(dataset))
 
     def train_steps_per_epoch(self, world_size: int = 1) -> int:
         """`steps_per_epoch`, or the batches of the larger domain (per process under DDP)."""

@@ -20,6 +20,7 @@ import torch
 
 from . import embedded
 from .datasets import ImageFileDataset, TensorImageDataset, to_nchw_uint8
+from .decoded_cache import cached_file_dataset, check_cache_option
 from .errors import ConfigError, DataFormatError, DataNotFoundError
 from .splits import stratified_split
 from .validate import check_classes, check_counts, check_image_files, check_images, check_labels
@@ -353,9 +354,9 @@ def _call_builder(name: str, builder: Callable, options: dict, where: str) -> Ra
     return builder(**options)
 
 
-def _as_dataset(part, image_size, channels):
+def _as_dataset(part, image_size, channels, cache: dict, where: str):
     if isinstance(part, list):
-        return ImageFileDataset(part, image_size, channels)
+        return cached_file_dataset(ImageFileDataset(part, image_size, channels), where=where, **cache)
     images, labels = part
     return TensorImageDataset(images, labels, image_size, channels)
 
@@ -398,9 +399,13 @@ def load_dataset(
     split_seed: int = 0,
     where: str = "data.dataset",
     labels_needed: bool = True,
+    cache: str = "auto",
+    cache_dir: str | None = None,
+    cache_max_gb: float | None = None,
 ) -> Splits:
     """Build the named dataset of `spec`, check it (`validate`) and return its converted train/val/test
-    splits. `labels_needed=False` (labels only evaluate the method) turns a missing class into a warning."""
+    splits. `labels_needed=False` (labels only evaluate the method) turns a missing class into a warning;
+    `cache*`: how image files are decoded (`decoded_cache`)."""
     options = dict(spec)
     name = options.pop("name", None)
     if name not in DATASETS:
@@ -410,7 +415,10 @@ def load_dataset(
     where = f"{where} ({name}{': ' + files if files else ''})"
     raw = _checked(raw, image_size, where)
     parts = carve_splits(raw, val_fraction, test_fraction, split_seed)
-    datasets = {split: _as_dataset(parts[split], image_size, channels) for split in SPLIT_NAMES}
+    check_cache_option(cache, cache_max_gb)
+    cache_options = dict(cache=cache, cache_dir=cache_dir, cache_max_gb=cache_max_gb)
+    datasets = {split: _as_dataset(parts[split], image_size, channels, cache_options, f"{where} {split}")
+                for split in SPLIT_NAMES}
     if len(datasets["train"]) == 0:
         raise DataFormatError(f"{where}: the train split is empty (lower data.val_fraction / test_fraction)")
     check_classes(datasets["train"].labels.numpy(), {s: datasets[s].labels.numpy() for s in ("val", "test")},

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Decoded image folders (data.cache=auto) go to a cache of this test session, not the user's ~/.cache; the
+# subprocess runs of run.py inherit it.
+os.environ.setdefault("TRANSFERLAB_CACHE_DIR", tempfile.mkdtemp(prefix="transferlab-test-cache-"))
 
 # Keep CPU tests predictable on small machines.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -295,6 +295,9 @@ def test_corrupt_image_names_the_file(tmp_path):
     with pytest.raises(DataFormatError, match="3.png"):  # found when the folder is loaded, before training
         load_dataset({"name": "imagefolder", "root": str(tmp_path)}, test_fraction=0.0, val_fraction=0.0)
     (tmp_path / "dog" / "3.png").write_bytes(good[: len(good) // 2])  # a valid header, truncated pixels
-    splits = load_dataset({"name": "imagefolder", "root": str(tmp_path)}, test_fraction=0.0, val_fraction=0.0)
-    with pytest.raises(DataFormatError, match="3.png"):
+    with pytest.raises(DataFormatError, match="3.png"):  # the folder is decoded once (data.cache=auto), at load
+        load_dataset({"name": "imagefolder", "root": str(tmp_path)}, test_fraction=0.0, val_fraction=0.0)
+    splits = load_dataset({"name": "imagefolder", "root": str(tmp_path)}, test_fraction=0.0, val_fraction=0.0,
+                          cache="none")
+    with pytest.raises(DataFormatError, match="3.png"):  # read per step: when the image is first read
         [splits.train[i] for i in range(len(splits.train))]
