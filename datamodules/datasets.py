@@ -124,6 +124,34 @@ class TensorImageDataset(Dataset):
         return tuple(self.images.shape[1:])
 
 
+def _jpeg_decoder() -> str:
+    try:
+        import simplejpeg  # noqa: F401  (libjpeg-turbo; the extra `fast` installs it)
+    except ImportError:
+        return "pillow"
+    return "simplejpeg"
+
+
+JPEG_DECODER = _jpeg_decoder()
+
+
+def _simplejpeg_read(path: Path, image_size: int, channels: int | None) -> np.ndarray | None:
+    """A JPEG decoded by libjpeg-turbo at the smallest DCT scale >= image_size (Pillow's draft mode does
+    the same, slower); None when simplejpeg cannot read it, so Pillow gives the error or reads the rare
+    format (CMYK, arithmetic coding)."""
+    import simplejpeg
+
+    data = Path(path).read_bytes()
+    try:
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        grey = channels == 1 or (channels is None and colorspace == "Gray")
+        arr = simplejpeg.decode_jpeg(data, colorspace="GRAY" if grey else "RGB", min_height=image_size,
+                                     min_width=image_size)
+    except ValueError:
+        return None
+    return arr[..., 0] if grey else arr
+
+
 class ImageFileDataset(Dataset):
     """Images read from files on access: `samples` is a list of (path, label)."""
 
@@ -135,7 +163,12 @@ class ImageFileDataset(Dataset):
         self.native_channels = None if first is None else first.shape[0]
 
     def read(self, path: Path) -> torch.Tensor:
-        """One file as uint8 (C, H, W) at its own size, in the requested channels."""
+        """One file as uint8 (C, H, W) at its own size (a JPEG: at the smallest DCT scale still at least
+        data.image_size), in the requested channels."""
+        if JPEG_DECODER == "simplejpeg" and self.image_size is not None and Path(path).suffix.lower() in (".jpg", ".jpeg"):
+            arr = _simplejpeg_read(path, self.image_size, self.channels)
+            if arr is not None:
+                return to_nchw_uint8(arr[None])[0]
         try:
             with Image.open(path) as img:
                 if self.image_size is not None and img.format == "JPEG":

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .datasets import ImageFileDataset, TensorImageDataset, resize_batch
+from .datasets import JPEG_DECODER, ImageFileDataset, TensorImageDataset, resize_batch
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def decoded_bytes(files: ImageFileDataset) -> int:
 
 def cache_key(files: ImageFileDataset) -> str:
     """Changes when any file of the split changes (path, size, modification time) or the conversion does."""
-    digest = hashlib.sha256(f"v{FORMAT_VERSION}|{files.image_size}|{files.channels}".encode())
+    digest = hashlib.sha256(f"v{FORMAT_VERSION}|{JPEG_DECODER}|{files.image_size}|{files.channels}".encode())
     for path, label in files.samples:
         stat = os.stat(path)
         digest.update(f"|{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{label}".encode())

@@ -120,3 +120,18 @@ def test_workers_default_to_none_in_memory_and_to_free_cores_for_files(tmp_path)
         dm = LabeledDataModule(dataset=spec, image_size=8, channels=3, batch_size=4, cache=cache)
         dm.setup("fit")
         assert dm.train_dataloader().num_workers == expected
+
+
+def test_simplejpeg_decoding_matches_pillow_draft_decoding(tmp_path, monkeypatch):
+    pytest.importorskip("simplejpeg")
+    from datamodules import datasets
+
+    smooth = np.kron(RNG.integers(0, 256, (12, 12, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # a 96 px photo-like image
+    Image.fromarray(smooth).save(tmp_path / "photo.jpg", quality=90)
+    files = ImageFileDataset([(tmp_path / "photo.jpg", 0)], image_size=24, channels=3)
+    monkeypatch.setattr(datasets, "JPEG_DECODER", "simplejpeg")
+    fast = files[0][0]
+    monkeypatch.setattr(datasets, "JPEG_DECODER", "pillow")
+    draft = files[0][0]
+    assert fast.shape == draft.shape == (3, 24, 24)
+    assert (fast - draft).abs().mul(127.5).mean() < 2.0  # the same DCT scaling; IDCT rounding differs slightly
