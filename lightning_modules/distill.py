@@ -2,13 +2,17 @@
 
 Loss (Hinton et al. 2015):   alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y),
 optionally plus `hint.weight` * FitNets' hint loss (Romero et al. 2015, Eq. 3): a learned regressor
-maps the student's guided feature map to the teacher's hint feature map.
+maps the student's guided feature map to the teacher's hint feature map; and plus
+`relation.distance` * RKD-D + `relation.angle` * RKD-A (Park et al. 2019) between the student's and the
+teacher's embeddings (the features before each classifier): the three kinds of distilled knowledge,
+response-, feature- and relation-based.
 
 Teacher (`teacher`), frozen and always in eval mode:
 - `checkpoint`: an `encoder.pt` written by a run that trained a classifier (it stores the head), or
   a Lightning `.ckpt` of a supervised / finetune / distill run; architecture read from the file;
 - `name` + `pretrained: true` (timm, online) or `pretrained_file` (local): a timm classifier
-  whose own head must have the data's number of classes.
+  whose own head must have the data's number of classes; its input normalisation follows its
+  `pretrained_cfg` like any pretrained backbone's.
 Student: `backbone` (any timm name / ours) with a new linear head; exported as `encoder.pt`.
 
 Transfer set: the labeled images (`LabeledDataModule`, default), or with
@@ -26,14 +30,15 @@ from datamodules.errors import ConfigError
 
 from .base import ClassificationMetrics
 from .components.backbones import check_backbone_name, create_backbone
-from .components.distillation import hint_loss, kd_loss
+from .components.distillation import hint_loss, kd_loss, rkd_angle_loss, rkd_distance_loss
 from .components.encoder_io import check_state_fits, pretrained_file_errors, pretrained_overlay, read_checkpoint
+from .components.pretrained import attach_input_norm, normalization_for
 from .finetune import stage_output_modules
 from .supervised import Supervised
 
 
 class Teacher(nn.Module):
-    """`backbone` (features, or a whole timm classifier) followed by `classifier`."""
+    """`backbone` (images -> embedding) followed by `classifier` (embedding -> logits)."""
 
     def __init__(self, backbone: nn.Module, classifier: nn.Module):
         super().__init__()
@@ -77,7 +82,10 @@ def teacher_from_timm(name: str, in_chans: int, pretrained: bool, pretrained_fil
     with pretrained_file_errors(pretrained_file, option):
         net = timm.create_model(name, pretrained=True, in_chans=in_chans,
                                 pretrained_cfg_overlay=pretrained_overlay(pretrained_file, option))
-    return Teacher(net, nn.Identity())
+    attach_input_norm(net, normalization_for(net, "timm", in_chans))
+    classifier = net.get_classifier()
+    net.reset_classifier(0)  # net now ends at the embedding; its trained head is kept as `classifier`
+    return Teacher(net, classifier)
 
 
 def _output_of(module: nn.Module, name: str, option: str) -> dict:
@@ -115,7 +123,7 @@ def transfer_set(batch) -> tuple[torch.Tensor, torch.Tensor]:
 class Distill(Supervised):
     def __init__(self, backbone: dict, teacher: dict, num_classes: int, in_chans: int, image_size: int,
                  optimizer, scheduler=None, scheduler_interval: str = "epoch", temperature: float = 4.0,
-                 alpha: float = 0.9, hint: dict | None = None):
+                 alpha: float = 0.9, hint: dict | None = None, relation: dict | None = None):
         if not temperature > 0:
             raise ConfigError(f"model.temperature={temperature} must be > 0")
         if not 0.0 <= alpha <= 1.0:
@@ -129,6 +137,9 @@ class Distill(Supervised):
         self.hint_weight = float(hint.get("weight") or 0.0)
         if self.hint_weight > 0:
             self._setup_hint(hint, in_chans, image_size)
+        relation = dict(relation or {})
+        self.distance_weight = float(relation.get("distance") or 0.0)
+        self.angle_weight = float(relation.get("angle") or 0.0)
 
     def _build_teacher(self, cfg: dict, num_classes: int, in_chans: int, image_size: int) -> Teacher:
         if cfg.get("checkpoint"):
@@ -180,18 +191,31 @@ class Distill(Supervised):
             guided = F.interpolate(guided, size=target.shape[-2:], mode="bilinear", align_corners=False)
         return hint_loss(guided, target)
 
+    def relation_terms(self, student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> dict:
+        """RKD's weighted terms (Park et al. 2019, Eq. 8 without the task loss), those switched on."""
+        terms = {}
+        if self.distance_weight > 0:
+            terms["rkd_distance"] = self.distance_weight * rkd_distance_loss(student_embedding, teacher_embedding)
+        if self.angle_weight > 0:
+            terms["rkd_angle"] = self.angle_weight * rkd_angle_loss(student_embedding, teacher_embedding)
+        return terms
+
     def training_step(self, batch, batch_idx):
         x, y = transfer_set(batch)
-        student_logits = self(x)
+        student_embedding = self.backbone(x)
+        student_logits = self.classifier(student_embedding)
         with torch.no_grad():
-            teacher_logits = self.teacher(x)
+            teacher_embedding = self.teacher.backbone(x)
+            teacher_logits = self.teacher.classifier(teacher_embedding)
         self.metrics.log_step(self, "train", student_logits[: len(y)], y)  # train/loss = the student's CE
         loss = kd_loss(student_logits, teacher_logits, y, self.temperature, self.alpha)
         self.log("train/kd_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        extra = self.relation_terms(student_embedding, teacher_embedding)
         if self.hint_weight > 0:
-            hint = self.hint_term()
-            self.log("train/hint_loss", hint, on_step=False, on_epoch=True, batch_size=len(y))
-            loss = loss + self.hint_weight * hint
+            extra["hint_loss"] = self.hint_weight * self.hint_term()
+        for name, term in extra.items():
+            self.log(f"train/{name}", term, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = loss + term
         self.log("train/total_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return self.check_finite(loss, "train/total_loss")
 

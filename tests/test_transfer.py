@@ -14,7 +14,8 @@ from PIL import Image
 from datamodules.errors import ConfigError
 from datamodules.labeled import LabeledDataModule
 from lightning_modules.components.backbones import create_backbone
-from lightning_modules.components.distillation import hint_loss, kd_loss, soft_target_kl
+from lightning_modules.components.distillation import (angle_potential, hint_loss, kd_loss, rkd_angle_loss,
+                                                       rkd_distance_loss, soft_target_kl)
 from lightning_modules.components.encoder_io import read_checkpoint
 from lightning_modules.distill import Distill
 from lightning_modules.finetune import Finetune, backbone_stages, stage_output_modules
@@ -68,6 +69,30 @@ def test_kd_loss_matches_direct_formula():
     assert kd_loss(t, t, y, temperature, 1.0).abs() < 1e-6  # student = teacher: no soft loss
     a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     assert torch.allclose(hint_loss(a, b), 0.5 * ((a - b) ** 2).mean())
+
+
+def test_rkd_losses_against_a_hand_computation():
+    """Teacher: the 3-4-5 right triangle; student: the unit right isoceles triangle (Park et al. 2019)."""
+    teacher = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    student = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # distance-wise: distances / their mean over the 6 ordered pairs i != j (teacher mean 4)
+    psi_t = torch.tensor([[0, 3, 4], [3, 0, 5], [4, 5, 0]]) / 4.0
+    r2 = 2**0.5
+    psi_s = torch.tensor([[0, 1, 1], [1, 0, r2], [1, r2, 0]]) / ((2 + r2) / 3)
+    diff = (psi_s - psi_t).abs()
+    huber = torch.where(diff < 1, 0.5 * diff**2, diff - 0.5)
+    assert torch.allclose(rkd_distance_loss(student, teacher), huber.mean(), atol=1e-6)
+    # angle-wise: cos of the angle at vertex j; teacher 0 / 0.6 / 0.8 at vertices 0 / 1 / 2, student 0 / .707 / .707
+    psi = angle_potential(teacher)
+    assert torch.isclose(psi[1, 0, 2], torch.tensor(0.6)) and torch.isclose(psi[2, 0, 1], torch.tensor(0.8))
+    assert torch.isclose(psi[0, 1, 2], torch.tensor(0.0), atol=1e-6)
+    # two ordered triplets (i, k) at each of vertices 1 and 2 differ; every other entry agrees
+    expected = 2 * (0.5 * (0.6 - 1 / r2) ** 2 + 0.5 * (0.8 - 1 / r2) ** 2) / 27
+    assert torch.allclose(rkd_angle_loss(student, teacher), torch.tensor(expected), atol=1e-6)
+    # relations, not coordinates: a scaled, rotated, shifted copy of the teacher costs nothing
+    rotation = torch.tensor([[0.0, -1.0], [1.0, 0.0]])
+    copy = 7.0 * teacher @ rotation + 2.0
+    assert rkd_distance_loss(copy, teacher) < 1e-6 and rkd_angle_loss(copy, teacher) < 1e-6
 
 
 def test_kd_loss_hard_term_reads_only_the_labeled_rows():
@@ -245,6 +270,38 @@ def test_distill_teacher_is_frozen_and_in_eval_mode(source_run, checkpoint):
     reference.load_state_dict(source["state_dict"])
     expected = F.linear(reference(x), source["head"]["weight"], source["head"]["bias"])
     assert torch.allclose(module.teacher(x), expected, atol=1e-5)
+
+
+def test_distill_relation_terms_train_the_student_from_a_wider_teacher(source_run):
+    """RKD compares embeddings of different widths (student 32, teacher small_cnn 32 / lenet 500)."""
+    dm = digits()
+    module = Distill({"name": "lenet"}, {"checkpoint": str(source_run / "encoder.pt")}, 10, 1, 16, ADAM,
+                     relation={"distance": 25.0, "angle": 50.0})
+    x, y = next(iter(dm.train_dataloader()))
+    terms = module.relation_terms(module.backbone(x), module.teacher.backbone(x))
+    assert set(terms) == {"rkd_distance", "rkd_angle"} and all(t > 0 for t in terms.values())
+    student = snapshot(module.backbone)
+    fit(module, dm)
+    assert any(not torch.equal(v, module.backbone.state_dict()[k]) for k, v in student.items())
+
+
+def test_a_timm_teacher_gets_its_weights_input_normalisation(tmp_path):
+    """A timm classifier given as teacher takes the project's [-1, 1] images through its pretrained_cfg's
+    mean/std, and keeps its trained head as the classifier after the embedding."""
+    import timm
+
+    from lightning_modules.distill import teacher_from_timm
+
+    net = timm.create_model("mobilenetv3_small_050", in_chans=3)  # ImageNet mean / std, 1,000 classes
+    weights = tmp_path / "teacher.pth"
+    torch.save(net.state_dict(), weights)
+    teacher = teacher_from_timm("mobilenetv3_small_050", 3, False, str(weights)).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    mean = torch.tensor(net.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(net.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    expected = net.eval()(((x + 1) / 2 - mean) / std)
+    assert torch.allclose(teacher(x), expected, atol=1e-4)
+    assert teacher.backbone(x).shape == (2, net.get_classifier().in_features)  # the embedding before the head
 
 
 def test_distill_bad_teachers_fail_clearly(source_run, tmp_path):
