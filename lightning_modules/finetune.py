@@ -30,10 +30,9 @@ import logging
 import torch
 from timm.models import group_parameters
 from torch import nn
-from torch.utils.data import Dataset
-
 from datamodules.errors import ConfigError
 
+from .components.feature_cache import compute_features
 from .supervised import Supervised
 
 log = logging.getLogger(__name__)
@@ -85,41 +84,6 @@ def frozen_norm_layers(module: nn.Module) -> list[nn.Module]:
     """BatchNorm layers whose parameters are all frozen: their running statistics must stay too."""
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
             and not any(p.requires_grad for p in m.parameters(recurse=False))]
-
-
-class FeatureDataset(Dataset):
-    """Cached backbone features with their labels: items `(feature vector, label)`."""
-
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
-        self.features, self.labels = features, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.features[i], int(self.labels[i])
-
-    def __getitems__(self, indices: list[int]) -> list:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return list(zip(self.features[idx].unbind(0), self.labels[idx].tolist()))
-
-
-@torch.no_grad()
-def compute_features(backbone: nn.Module, dataset, batch_size: int, device: torch.device,
-                     channels_last: bool = False) -> FeatureDataset:
-    """The backbone's features of every item of `dataset`, in order. Reads the dataset directly (no
-    DataLoader), so the global random state the training loader shuffles with is left as it was."""
-    from datamodules.datasets import fetch_items
-
-    features, labels = [], []
-    for start in range(0, len(dataset), batch_size):
-        items = fetch_items(dataset, list(range(start, min(start + batch_size, len(dataset)))))
-        x = torch.stack([x for x, _ in items]).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        features.append(backbone(x).float().cpu())
-        labels += [int(y) for _, y in items]
-    return FeatureDataset(torch.cat(features), torch.tensor(labels, dtype=torch.long))
 
 
 class Finetune(Supervised):
