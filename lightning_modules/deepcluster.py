@@ -12,7 +12,7 @@ Every epoch (Sec. 3.2-3.3):
    on augmented images drawn uniformly over the clusters (Sec. 3.3, "Trivial parametrization").
 Optional Sobel filtering of the input (Sec. 4: "a fixed linear transformation based on Sobel filters").
 
-Evaluation: `{stage}/nmi` and `{stage}/ari` of k-means with k = number of classes on the L2-normalised
+Evaluation: `{stage}/cluster_acc` (Hungarian), `{stage}/nmi` and `{stage}/ari` of k-means with k = number of classes on the L2-normalised
 features (optionally PCA-reduced / whitened first: `eval_pca_dim`, `eval_whiten`) of the scored split against its true labels; `train/nmi_prev_epoch`, the NMI
 between consecutive epochs' assignments (Fig. 2b); cluster sizes (`cluster_sizes.png` in the run dir);
 and the shared online linear probe / kNN (`evaluation/online.py`), which alone reads labels.
@@ -25,13 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 
 from datamodules.errors import ConfigError
 
+from .components.cluster_metrics import cluster_scores
 from .components.kmeans import distributed_kmeans, gather_rows
 from .components.pca import preprocess_features
+from .evaluation.clusters import cluster_sizes_figure
 from .ssl_base import SSLMethod
 
 CHECKPOINT_KEY = "deepcluster"
@@ -57,24 +59,15 @@ def clustering_scores(features: torch.Tensor, labels: torch.Tensor, num_clusters
     """k-means of the preprocessed features into `num_clusters`, scored against the true labels."""
     """Under DDP, pass the features of all processes (`gather_rows`): rank 0 clusters them."""
     x = preprocess_features(features, pca_dim, whiten)
-    assignments = distributed_kmeans(x, num_clusters, gathered=True, seed=seed, n_init=n_init).assignments.cpu().numpy()
-    truth = labels.cpu().numpy()
-    return {"nmi": float(normalized_mutual_info_score(truth, assignments)),
-            "ari": float(adjusted_rand_score(truth, assignments))}
+    assignments = distributed_kmeans(x, num_clusters, gathered=True, seed=seed, n_init=n_init).assignments
+    return cluster_scores(labels, assignments)
 
 
 def save_cluster_sizes(sizes: np.ndarray, path: Path, epoch: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    fig = cluster_sizes_figure(sizes, f"DeepCluster cluster sizes before epoch {epoch} (k={len(sizes)})")
+    fig.savefig(path, dpi=100)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ax.bar(np.arange(len(sizes)), np.sort(sizes)[::-1], width=1.0)
-    ax.set_xlabel("cluster (sorted by size)"), ax.set_ylabel("images")
-    ax.set_title(f"DeepCluster cluster sizes before epoch {epoch} (k={len(sizes)})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -37,7 +37,7 @@ from .components.feature_cache import FeatureDataset, compute_features
 from .components.fuzzy_cmeans import fuzzy_cmeans
 from .components.kmeans import distributed_kmeans, gather_rows
 from .components.vae import VectorVAE
-from .evaluation.clusters import cluster_grid, cluster_sizes_figure, k_selection_figure, memberships_figure
+from .evaluation.clusters import k_selection_figure, log_cluster_pictures, memberships_figure
 from .evaluation.images import log_image
 
 log = logging.getLogger(__name__)
@@ -228,15 +228,8 @@ class VAECluster(BaseMethod):
 
     def save_artefacts(self, z, y, assignments, memberships) -> None:
         run_dir = Path(self.trainer.default_root_dir)
-        sizes = torch.bincount(assignments, minlength=self.num_clusters).cpu().numpy()
-        log_image(self, "cluster_sizes", cluster_sizes_figure(sizes, f"test clusters (k={self.num_clusters})"))
-        images = self.trainer.datamodule.splits.test
-        if images is not None and self.trainer.world_size == 1:  # one process: the latents are in dataset order
-            top = memberships.max(1).values if memberships is not None else None
-            picks = self._grid_indices(assignments, top)
-            tiles = torch.stack([images[i][0] for i in picks.tolist()])
-            log_image(self, "clusters", cluster_grid(tiles, assignments[picks], self.grid_per_cluster,
-                                                     scores=None if top is None else top[picks]))
+        log_cluster_pictures(self, assignments, self.num_clusters, None if memberships is None else memberships.max(1).values,
+                             self.grid_per_cluster)
         if memberships is not None:
             np.savez_compressed(run_dir / "memberships.npz", memberships=memberships.cpu().numpy(),
                                 assignments=assignments.cpu().numpy(), labels=y.cpu().numpy())
@@ -250,13 +243,3 @@ class VAECluster(BaseMethod):
             (run_dir / "k_selection.json").write_text(json.dumps({"rows": rows, "best_silhouette_k": best}, indent=2))
             log_image(self, "k_selection", k_selection_figure(rows, chosen=best))
             log.info("k by silhouette: %d (k_selection.json)", best)
-
-    def _grid_indices(self, assignments: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
-        """The images the grid shows: per cluster, the first `grid_per_cluster` (most confident first)."""
-        picks = []
-        for cluster in torch.unique(assignments).tolist():
-            members = (assignments == cluster).nonzero().flatten()
-            if scores is not None:
-                members = members[scores[members].argsort(descending=True)]
-            picks.append(members[: self.grid_per_cluster])
-        return torch.cat(picks)

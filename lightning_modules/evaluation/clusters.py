@@ -78,3 +78,33 @@ def k_selection_figure(rows: list[dict[str, float]], chosen: int | None = None):
     fig.suptitle("choosing k: a silhouette peak, and where the objective stops falling fast")
     fig.tight_layout()
     return fig
+
+
+def grid_indices(assignments: torch.Tensor, scores: torch.Tensor | None, per_cluster: int) -> torch.Tensor:
+    """Per cluster, the first `per_cluster` images (the highest `scores` first when given)."""
+    picks = []
+    for cluster in torch.unique(assignments).tolist():
+        members = (assignments == cluster).nonzero().flatten()
+        if scores is not None:
+            members = members[scores[members].argsort(descending=True)]
+        picks.append(members[:per_cluster])
+    return torch.cat(picks)
+
+
+def log_cluster_pictures(module, assignments: torch.Tensor, num_clusters: int, scores: torch.Tensor | None = None,
+                         per_cluster: int = 10) -> None:
+    """The cluster-size chart and the per-cluster image grid of the test split, for any clustering method.
+    `assignments` are in the test split's order (one process), `scores` each image's confidence."""
+    from .images import log_image
+
+    assignments = assignments.cpu()
+    sizes = torch.bincount(assignments, minlength=num_clusters).numpy()
+    log_image(module, "cluster_sizes", cluster_sizes_figure(sizes, f"test clusters (k={num_clusters})"))
+    if module.trainer.world_size != 1:  # gathered rows are in rank order, not the split's
+        return
+    images = module.trainer.datamodule.splits.test
+    scores = None if scores is None else scores.cpu()
+    picks = grid_indices(assignments, scores, per_cluster)
+    tiles = torch.stack([images[i][0] for i in picks.tolist()])
+    log_image(module, "clusters", cluster_grid(tiles, assignments[picks], per_cluster,
+                                               scores=None if scores is None else scores[picks]))
