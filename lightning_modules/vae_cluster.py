@@ -33,6 +33,7 @@ from datamodules.errors import ConfigError
 from .base import BaseMethod
 from .components.backbones import create_backbone
 from .components.cluster_metrics import cluster_scores, k_selection
+from .components.encoder_io import read_backbone_state
 from .components.feature_cache import FeatureDataset, compute_features
 from .components.fuzzy_cmeans import fuzzy_cmeans
 from .components.kmeans import distributed_kmeans, gather_rows
@@ -62,7 +63,12 @@ def build_encoder(spec, in_chans: int) -> nn.Module:
                           f"{{name: ..., pretrained: ..., checkpoint: ...}}; got {spec!r}")
     spec = dict(spec)
     if spec.get("checkpoint") and not spec.get("name"):
-        spec["name"] = "small_cnn"  # replaced by the encoder.pt's own spec when it names one
+        # the architecture the encoder.pt / checkpoint records (read safely, weights only)
+        _, saved = read_backbone_state(spec["checkpoint"], option="model.encoders[].checkpoint")
+        if not saved.get("name"):
+            raise ConfigError(f"model.encoders: {spec['checkpoint']} does not name its architecture; add name: <backbone>")
+        spec["name"] = saved["name"]
+        spec.update({k: v for k, v in saved.items() if k not in ("name", "input", "in_chans") and k not in spec})
     encoder = create_backbone(in_chans=in_chans, **spec)
     return encoder.eval().requires_grad_(False)
 
@@ -87,7 +93,7 @@ class Standardise(nn.Module):
 class VAECluster(BaseMethod):
     def __init__(self, num_classes: int, in_chans: int, optimizer, scheduler=None, scheduler_interval: str = "epoch",
                  encoders: list | None = None, vae: dict | None = None, clusterer: str = "kmeans",
-                 num_clusters: int | None = None, fuzziness: float = 2.0, n_init: int = 5,
+                 num_clusters: int | None = None, fuzziness: float = 1.25, n_init: int = 5,
                  k_range: list[int] | None = None, grid_per_cluster: int = 10):
         super().__init__(optimizer, scheduler, scheduler_interval)
         if clusterer not in CLUSTERERS:

@@ -170,8 +170,15 @@ def _pixel_kmeans_acc(split) -> float:
 
 
 def test_vae_cluster_fuzzy_writes_its_artefacts(cli, tmp_path):
-    cli("model=vae_cluster", "data=digits", "trainer.max_epochs=2", "model.clusterer=fuzzy", "model.k_range=[8,11]",
-        "model.vae.hidden=[128]", "callbacks.progress_bar=null", run_dir=tmp_path)
+    # two encoders (pixels and another run's encoder.pt): the notes' ensemble of VAEs, latents concatenated
+    from lightning_modules.components.backbones import create_backbone
+    from lightning_modules.components.encoder_io import save_encoder
+
+    (tmp_path / "other_run").mkdir()
+    encoder = save_encoder(create_backbone("small_cnn", in_chans=1), tmp_path / "other_run" / "encoder.pt")
+    cli("model=vae_cluster", "data=digits", "trainer.max_epochs=1", "model.clusterer=fuzzy", "model.k_range=[9,11]",
+        f"model.encoders=[pixels,{{checkpoint: {encoder}}}]", "model.vae.hidden=[64]", "callbacks.progress_bar=null",
+        run_dir=tmp_path)
     metrics = read_results(tmp_path)["metrics"]
     assert {"test/cluster_acc", "test/nmi", "test/ari", "val/nmi"} <= set(metrics)
     saved = dict(**__import__("numpy").load(tmp_path / "memberships.npz"))
@@ -180,7 +187,7 @@ def test_vae_cluster_fuzzy_writes_its_artefacts(cli, tmp_path):
     for plot in ("clusters", "cluster_sizes", "memberships", "k_selection"):
         assert (tmp_path / "plots" / f"{plot}.png").is_file(), plot
     report = json.loads((tmp_path / "k_selection.json").read_text())
-    assert [r["k"] for r in report["rows"]] == [8, 9, 10, 11] and report["best_silhouette_k"] in (8, 9, 10, 11)
+    assert [r["k"] for r in report["rows"]] == [9, 10, 11] and report["best_silhouette_k"] in (9, 10, 11)
 
 
 def test_daic_learns_clusters_beyond_its_random_network(cli, tmp_path):
@@ -191,7 +198,17 @@ def test_daic_learns_clusters_beyond_its_random_network(cli, tmp_path):
     cli(*common, "train=false", run_dir=tmp_path / "random")
     trained = read_results(tmp_path / "daic")["metrics"]
     random = read_results(tmp_path / "random")["metrics"]
-    print(trained["test/cluster_acc"], random["test/cluster_acc"], trained["test/nmi"])
     assert trained["test/cluster_acc"] > random["test/cluster_acc"] + 0.2, (trained, random)
     assert trained["test/nmi"] > 0.5 and trained["test/clusters_used"] >= 8
     assert (tmp_path / "daic" / "plots" / "clusters.png").is_file()
+
+
+def test_vae_cluster_under_ddp_clusters_the_latents_of_both_processes(cli, tmp_path):
+    """Two CPU processes: each scores the k-means of all test latents (gathered, clustered on rank 0),
+    close to one process's score on the same budget."""
+    common = ["model=vae_cluster", "data=digits", "trainer.max_epochs=2", "model.vae.hidden=[64]",
+              "callbacks.progress_bar=null"]
+    cli(*common, "trainer=ddp_cpu", run_dir=tmp_path / "ddp")
+    cli(*common, run_dir=tmp_path / "one")
+    ddp, one = (read_results(tmp_path / name)["metrics"] for name in ("ddp", "one"))
+    assert ddp["test/cluster_acc"] > 0.5 and abs(ddp["test/cluster_acc"] - one["test/cluster_acc"]) < 0.15, (ddp, one)
