@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("TRANSFERLAB_ROOT", str(ROOT))
@@ -33,6 +34,8 @@ from lightning_modules.callbacks import FaultTolerance, interrupt_exit_code, is_
 from lightning_modules.components.encoder_io import save_encoder  # noqa: E402
 from lightning_modules.components.safe_load import SafeCheckpointIO, check_resume_fits, safe_load  # noqa: E402
 from lightning_modules.evaluation.embedding_plot import wait_for_plots  # noqa: E402
+from lightning_modules.protocols import protocol_of  # noqa: E402
+from lightning_modules.protocols.crossval import check_cv, fold_option  # noqa: E402
 from lightning_modules.rundir import claim_run_dir  # noqa: E402
 from lightning_modules.runtime import (  # noqa: E402
     RESULTS_FILE, git_commit, is_rank_zero, library_versions, machine, metrics_table, scalar_metrics, write_results,
@@ -77,6 +80,7 @@ def validate(cfg: DictConfig) -> None:
             f"domain pair; choose a single dataset, e.g. data=digits"
         )
     check_trainer(cfg.trainer, choices.get("trainer"))
+    check_cv(cfg, kind)
 
 
 # Trainer options Lightning only asserts on (a bare AssertionError deep in its loops).
@@ -142,6 +146,8 @@ def datamodule_options(cfg: DictConfig) -> dict:
     backbone = cfg.model.get("backbone") or {}
     if data.get("image_size") is None and backbone.get("name"):
         data["image_size"] = declared_input_size(backbone.name, bool(backbone.get("pretrained")))
+    if fold_option(cfg) is not None:
+        data["fold"] = fold_option(cfg)
     dm_class = get_class(cfg.model.datamodule._target_)
     accepted = init_parameters(dm_class)
     unknown = sorted(key for key, value in data.items() if key not in accepted and value is not None)
@@ -368,7 +374,30 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     return metrics, optimized
 
 
-def run(cfg: DictConfig) -> float | None:
+def run_of_runs(protocol) -> Callable[[DictConfig], tuple[dict[str, float], float | None]]:
+    """train() for a run made of runs (lightning_modules/protocols): the children run through `task`, then
+    the parent's results.json (completed) gets their summary."""
+
+    def body(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
+        started = time.time()
+        outcome = protocol(cfg, task)
+        if is_rank_zero():
+            write_results(output_dir() / RESULTS_FILE,
+                          results_payload(cfg, "completed", outcome.metrics, started, **outcome.extra))
+            print(f"\n{outcome.text}")
+        return outcome.metrics, outcome.optimized
+
+    return body
+
+
+def task(cfg: DictConfig) -> float | None:
+    """One command's work: a run, or a run of runs (k folds, a pipeline, an Optuna study), whose children
+    come back here."""
+    protocol = protocol_of(cfg)
+    return run(cfg, train if protocol is None else run_of_runs(protocol))
+
+
+def run(cfg: DictConfig, body: Callable = train) -> float | None:
     """train() with bookkeeping: the run dir is checked and locked first (lightning_modules/rundir.py);
     results.json says `failed` or `interrupted` when the run did not complete, unless it holds a completed
     run, which is kept. Ctrl-C exits with status 130, SIGTERM 143.
@@ -378,7 +407,7 @@ def run(cfg: DictConfig) -> float | None:
     started = time.time()
     with claim_run_dir(output_dir(), cfg.get("ckpt_path"), bool(cfg.get("overwrite"))):
         try:
-            _, optimized = train(cfg)
+            _, optimized = body(cfg)
         except BaseException as err:
             code = interrupt_exit_code(err)
             status = "interrupted" if is_interrupt(err) else "failed"
@@ -419,7 +448,7 @@ def interrupt_message(code: int) -> str:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
-        return run(cfg)
+        return task(cfg)
     except (*USER_ERRORS, MissingMandatoryValue) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the whole traceback, as Hydra shows it for any error

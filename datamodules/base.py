@@ -41,6 +41,7 @@ class BaseDataModule(pl.LightningDataModule):
         cache: str = "auto",
         cache_dir: str | None = None,
         cache_max_gb: float | None = None,
+        fold: dict | None = None,
     ):
         super().__init__()
         self.train_augment = AffineAugment.from_config(train_augment)
@@ -59,6 +60,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.num_workers, self.pin_memory_option = num_workers, pin_memory
         self.persistent_workers_option = persistent_workers
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.fold = fold  # {index, folds, seed}: a k-fold cross-validation split (set by the runner from cv.*)
         check_cache_option(cache, cache_max_gb)
         self.cache_options = dict(cache=cache, cache_dir=cache_dir, cache_max_gb=cache_max_gb)
 
@@ -98,7 +100,7 @@ class BaseDataModule(pl.LightningDataModule):
         return dict(
             image_size=self.image_size, channels=self.channels, val_fraction=self.val_fraction,
             test_fraction=self.test_fraction, split_seed=self.split_seed, labels_needed=self.labels_needed,
-            **self.cache_options,
+            fold=self.fold, **self.cache_options,
         )
 
     def worker_options(self, dataset: Dataset) -> dict:
