@@ -1,6 +1,6 @@
 """transferlab's one entry point.
 
-    python run.py                                   # main job: embedded data, CPU, no download
+    python run.py                                   # main job (pipeline=main): a method beside its baseline
     python run.py model=<method> data=<dataset> trainer=<cpu|gpu|ddp|ddp_cpu> amp=<fp32|fp16|bf16>
 
 compose -> validate -> seed -> build DataModule, LightningModule, callbacks, loggers, Trainer ->
@@ -36,6 +36,7 @@ from lightning_modules.components.safe_load import SafeCheckpointIO, check_resum
 from lightning_modules.evaluation.embedding_plot import wait_for_plots  # noqa: E402
 from lightning_modules.protocols import protocol_of  # noqa: E402
 from lightning_modules.protocols.crossval import check_cv, fold_option  # noqa: E402
+from lightning_modules.protocols.optuna_search import is_pruned, pruning_callbacks  # noqa: E402
 from lightning_modules.rundir import claim_run_dir  # noqa: E402
 from lightning_modules.runtime import (  # noqa: E402
     RESULTS_FILE, git_commit, is_rank_zero, library_versions, machine, metrics_table, scalar_metrics, write_results,
@@ -344,7 +345,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     del checkpoint  # Lightning frees the handed-over copy once it has restored from it
     prepare_wandb(cfg)
     loggers = build_all(cfg, "logger")
-    callbacks = build_all(cfg, "callbacks") + [FaultTolerance(output_dir() / "checkpoints")]
+    callbacks = build_all(cfg, "callbacks") + [FaultTolerance(output_dir() / "checkpoints"), *pruning_callbacks(cfg)]
     trainer = build_trainer(cfg, callbacks, loggers, checkpoint_io)
     record_precision(cfg, trainer)
     for logger in loggers:  # the resolved config, on every dashboard
@@ -410,7 +411,7 @@ def run(cfg: DictConfig, body: Callable = train) -> float | None:
             _, optimized = body(cfg)
         except BaseException as err:
             code = interrupt_exit_code(err)
-            status = "interrupted" if is_interrupt(err) else "failed"
+            status = "interrupted" if is_interrupt(err) else "pruned" if is_pruned(err) else "failed"
             finish_wandb(exit_code=1)
             if is_rank_zero():
                 error = INTERRUPTS.get(code) or f"{type(err).__name__}: {err}"
@@ -483,7 +484,12 @@ def legacy_form_error(args: list[str]) -> str | None:
     return None
 
 
+MAIN_JOB = "pipeline=main"  # conf/pipeline/main.yaml: what `python run.py` with no arguments runs
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 1:
+        sys.argv.append(MAIN_JOB)
     legacy = legacy_form_error(sys.argv[1:])
     if legacy:
         print(f"error: {legacy}", file=sys.stderr)

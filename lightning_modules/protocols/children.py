@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..rundir import RunDirError
 from ..runtime import RESULTS_FILE, read_status
 
 log = logging.getLogger("transferlab")
@@ -77,12 +78,27 @@ def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
     OmegaConf.save(OmegaConf.create(list(cfg.hydra.overrides.task)), out / "overrides.yaml")
 
 
+def _comparable(overrides: list[str]) -> list[str]:
+    return sorted(o for o in overrides if override_key(o) not in ("ckpt_path", "overwrite"))
+
+
+def check_same_run(done: list[str], now: list[str], run_dir: Path) -> None:
+    """A completed child is reused only when it ran with the overrides this command gives it."""
+    if _comparable(done) != _comparable(now):
+        changed = sorted(set(_comparable(done)) ^ set(_comparable(now)))
+        raise RunDirError(f"{run_dir} holds a completed run of other settings (differing: {' '.join(changed)}); "
+                          f"nothing was changed. Choose another hydra.run.dir, or add overwrite=true to run "
+                          f"every child again")
+
+
 def run_child(task: Task, name: str, overrides: list[str], parent_dir: Path) -> dict:
     """Run (or reuse) the child `parent_dir/name`; its results.json."""
     run_dir = Path(parent_dir) / name
     if is_completed(run_dir):
+        done = read_results(run_dir)
+        check_same_run(done.get("overrides") or [], overrides, run_dir)
         log.info("%s: completed earlier, reused (%s)", name, run_dir)
-        return read_results(run_dir)
+        return done
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
         log.info("%s: continues from its last checkpoint", name)
         overrides = [*overrides, "ckpt_path=last"]
