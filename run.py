@@ -487,9 +487,13 @@ def legacy_form_error(args: list[str]) -> str | None:
 MAIN_JOB = "pipeline=main"  # conf/pipeline/main.yaml: what `python run.py` with no arguments runs
 
 
+def command_line(args: list[str]) -> list[str]:
+    """The arguments Hydra gets: the main job for none, any other command line as it is (a single run)."""
+    return args or [MAIN_JOB]
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 1:
-        sys.argv.append(MAIN_JOB)
+    sys.argv[1:] = command_line(sys.argv[1:])
     legacy = legacy_form_error(sys.argv[1:])
     if legacy:
         print(f"error: {legacy}", file=sys.stderr)

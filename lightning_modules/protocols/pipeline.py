@@ -109,6 +109,20 @@ def render(rows: list[dict], parent: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison(rows: list[dict], compare: list[str]) -> str:
+    """`pipeline.compare: [method, baseline]`: one line, the method's headline metric beside the baseline's."""
+    if len(compare) != 2:
+        return ""
+    found = {row["name"]: row for row in rows}
+    missing = [name for name in compare if name not in found or found[name].get("value") is None]
+    if missing:
+        raise ConfigError(f"pipeline.compare={compare}: no result for {missing}; stages: {list(found)}")
+    method, baseline = (found[name] for name in compare)
+    gain = method["value"] - baseline["value"]
+    return (f"\n{method['metric']}: {method['name']} {method['value']:.4f} vs {baseline['name']} "
+            f"{baseline['value']:.4f} ({gain:+.4f})\n")
+
+
 def curve_series(rows: list[dict], stages: list[Stage], curve: dict) -> dict[str, dict[str, list[float]]]:
     """stage -> x label -> values (one per pipeline; a sweep's summary pools several)."""
     series: dict[str, dict[str, list[float]]] = {}
@@ -152,5 +166,5 @@ def run_pipeline(cfg: DictConfig, task: Task) -> Outcome:
     curve_data = plot(rows, stages, curve, parent / "pipeline.png")
     metrics = {f"{row['name']}/{row['metric']}": row["value"] for row in rows if row.get("value") is not None}
     extra = {"children": "stages", "stages": rows, **({"curve": curve_data} if curve_data else {})}
-    text = render(rows, parent) + f"\nplot: {parent / 'pipeline.png'}"
+    text = render(rows, parent) + comparison(rows, list(spec.get("compare") or [])) + f"\nplot: {parent / 'pipeline.png'}"
     return Outcome(metrics, None, extra, text)
