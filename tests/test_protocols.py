@@ -205,3 +205,16 @@ def test_sweep_summary_draws_bars_and_pools_pipeline_stages_over_seeds(tmp_path)
     md = write_summary(tmp_path).read_text()
     assert "| `model=finetune` | 3/3 | 0.5100 +- 0.0100 (n=3)" in md
     assert (tmp_path / "summary.png").stat().st_size > 0 and (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_a_run_of_runs_refuses_ddp_by_name():
+    from omegaconf import OmegaConf
+
+    from datamodules.errors import ConfigError
+    from lightning_modules.protocols import protocol_of
+
+    cfg = OmegaConf.create({"cv": {"folds": 3, "fold": None}, "trainer": {"strategy": "ddp"}})
+    with pytest.raises(ConfigError, match="trainer.strategy=ddp: a pipeline, cv.folds and optuna.trials"):
+        protocol_of(cfg)
+    cfg.cv.fold = 0  # one fold by itself (python run.py cv.folds=3 cv.fold=0) is a plain run
+    assert protocol_of(cfg) is None

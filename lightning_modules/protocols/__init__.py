@@ -27,6 +27,18 @@ class Outcome:
 
 def protocol_of(cfg: DictConfig) -> Callable | None:
     """The run of runs `cfg` asks for, outermost first: a pipeline, an Optuna study, k folds."""
+    protocol = _protocol_of(cfg)
+    if protocol is not None and "ddp" in str(cfg.trainer.get("strategy") or ""):
+        from datamodules.errors import ConfigError
+
+        raise ConfigError(f"trainer.strategy={cfg.trainer.strategy}: a pipeline, cv.folds and optuna.trials run "
+                          f"their runs one after another in this process, which DDP's launcher would start again "
+                          f"in every process; use one device (trainer=cpu or trainer=gpu), or run each stage as "
+                          f"its own command")
+    return protocol
+
+
+def _protocol_of(cfg: DictConfig) -> Callable | None:
     if cfg.get("pipeline"):
         from .pipeline import run_pipeline
 
