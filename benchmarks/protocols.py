@@ -42,8 +42,7 @@ def main_job(args) -> list[str]:
 
 def ssl_mnist(args) -> list[str]:
     return ["-m", "pipeline=ssl_finetune", "data=npz", f"data.dataset.path={SHARED / 'mnist_test.npz'}",
-            f"pipeline.stages.pretrain.overrides=[model=simclr,data.batch_size=128,data.augment.flip_p=0.0,"
-            f"trainer.max_epochs={args.pretrain_epochs}]", "seed=" + ",".join(map(str, args.seeds))]
+            f"pipeline.pretrain_epochs={args.pretrain_epochs}", "seed=" + ",".join(map(str, args.seeds))]
 
 
 JOBS = {"office_cv": office_cv, "main": main_job, "ssl_mnist": ssl_mnist}
