@@ -422,7 +422,7 @@ def run(cfg: DictConfig, body: Callable = train) -> float | None:
                 log.error("job %s failed; the other jobs of the sweep go on", output_dir(), exc_info=err)
             if code is not None:
                 if is_rank_zero():
-                    print(interrupt_message(code), file=sys.stderr)
+                    print(interrupt_message(code, of_runs=body is not train), file=sys.stderr)
                 raise SystemExit(code) from None
             raise
     if optimized is None and in_sweep():
@@ -439,7 +439,10 @@ class ReportedError(CompactHydraException):
 INTERRUPTS = {130: "interrupted by Ctrl-C (SIGINT)", 143: "interrupted by SIGTERM"}
 
 
-def interrupt_message(code: int) -> str:
+def interrupt_message(code: int, of_runs: bool = False) -> str:
+    if of_runs:
+        return (f"{INTERRUPTS[code]}: rerun the same command to go on; its finished runs are reused and an "
+                f"unfinished one continues from its last checkpoint")
     last = output_dir() / "checkpoints" / "last.ckpt"
     then = (f"rerun the same command with ckpt_path=last to continue from {last}" if last.is_file()
             else "no checkpoint was saved yet, so a rerun starts from the beginning")
