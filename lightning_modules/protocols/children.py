@@ -31,8 +31,9 @@ def override_key(override: str) -> str:
 
 
 def parent_overrides(drop: tuple[str, ...] = ()) -> list[str]:
-    """The running command's overrides, without those whose key is in `drop`."""
-    return [o for o in HydraConfig.get().overrides.task if override_key(o) not in drop]
+    """The running command's overrides, without those of a key in `drop` or below one (`pipeline.x=1`)."""
+    return [o for o in HydraConfig.get().overrides.task
+            if not any(override_key(o) == key or override_key(o).startswith(key + ".") for key in drop)]
 
 
 def read_results(run_dir: Path) -> dict:
