@@ -218,3 +218,11 @@ def test_a_run_of_runs_refuses_ddp_by_name():
         protocol_of(cfg)
     cfg.cv.fold = 0  # one fold by itself (python run.py cv.folds=3 cv.fold=0) is a plain run
     assert protocol_of(cfg) is None
+
+
+def test_options_of_the_pipeline_stay_with_it_and_the_rest_reach_every_stage(tmp_path):
+    from conftest import compose
+    from lightning_modules.protocols.children import parent_overrides
+
+    compose("pipeline=ssl_finetune", "pipeline.pretrain_epochs=5", "seed=2", "trainer.max_epochs=1", run_dir=tmp_path)
+    assert parent_overrides(drop=("pipeline",)) == ["seed=2", "trainer.max_epochs=1"]
