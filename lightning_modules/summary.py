@@ -40,6 +40,7 @@ class Job:
     error: str | None = None
     optimized_metric: str | None = None
     children: str | None = None       # a run of runs: folds | stages | trials (lightning_modules/protocols)
+    stage: str | None = None          # a pipeline stage: its dir under the pipeline's (e.g. finetune/labels_per_class=1)
     curve: dict | None = None         # a pipeline's label-efficiency curve
 
     @property
@@ -64,11 +65,13 @@ def read_job(job_dir: Path) -> Job:
             return Job(job_dir, [], "incomplete", error=f"unreadable {RESULTS_FILE}: {err}")
         return Job(job_dir, list(data.get("overrides") or []), data.get("status", "completed"),
                    {k: float(v) for k, v in (data.get("metrics") or {}).items()}, data.get("wall_time_s"),
-                   data.get("error"), data.get("optimized_metric"), data.get("children"), data.get("curve"))
+                   data.get("error"), data.get("optimized_metric"), children=data.get("children"), curve=data.get("curve"))
     import yaml
 
     overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
-    return Job(job_dir, list(overrides), "incomplete", error="no results.json (still running, or killed hard)")
+    children = "stages" if any(override_key(o) == "pipeline" for o in overrides) else None  # a running pipeline
+    return Job(job_dir, list(overrides), "incomplete", error="no results.json (still running, or killed hard)",
+               children=children)
 
 
 def collect(sweep_dir: Path) -> list[Job]:
@@ -78,7 +81,19 @@ def collect(sweep_dir: Path) -> list[Job]:
     found |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     found = {d for d in found if ".submitit" not in d.parts and d != sweep_dir}
     jobs = [read_job(d) for d in sorted(found, key=lambda d: job_number(d.relative_to(sweep_dir)))]
+    for pipeline in (p for p in jobs if p.children == "stages"):
+        for job in jobs:
+            if job.dir.is_relative_to(pipeline.dir) and job.dir != pipeline.dir:
+                name_stage(job, pipeline.dir)
     return [j for j in jobs if counted(j, jobs)]
+
+
+def name_stage(job: Job, pipeline_dir: Path) -> None:
+    """A stage is named by its dir; the files handed to it (paths into its pipeline's dir) are left out of its
+    configuration, so the same stage of every seed's pipeline pools into one row."""
+    job.stage = str(job.dir.relative_to(pipeline_dir))
+    inside = (str(pipeline_dir.absolute()), str(pipeline_dir.resolve()))
+    job.overrides = [o for o in job.overrides if not o.split("=", 1)[-1].startswith(inside)]
 
 
 def counted(job: Job, jobs: list[Job]) -> bool:
@@ -121,12 +136,14 @@ def common_overrides(jobs: list[Job]) -> list[str]:
 
 
 def group(jobs: list[Job]) -> list[Row]:
-    """Configurations = overrides other than seed; labelled by the overrides that vary across the sweep."""
-    keys = [tuple(o for o in j.overrides if override_key(o) != "seed") for j in jobs]
-    common = set(common_overrides(jobs))
+    """Configurations = (pipeline stage, overrides other than seed); labelled by the stage and the overrides
+    that vary across the sweep (across the same stage of every pipeline)."""
+    common = {stage: set(common_overrides([j for j in jobs if j.stage == stage])) for stage in {j.stage for j in jobs}}
     rows: dict[tuple, Row] = {}
-    for key, job in zip(keys, jobs):
-        label = " ".join(o for o in key if o not in common) or "(every job: same configuration)"
+    for job in jobs:
+        key = (job.stage, tuple(o for o in job.overrides if override_key(o) != "seed"))
+        varying = " ".join(o for o in key[1] if o not in common[job.stage])
+        label = " ".join(part for part in (job.stage, varying) if part) or "(every job: same configuration)"
         rows.setdefault(key, Row(label, [])).jobs.append(job)
     return list(rows.values())
 

@@ -196,14 +196,15 @@ def test_sweep_summary_draws_bars_and_pools_pipeline_stages_over_seeds(tmp_path)
         curve = {"x": "data.labels_per_class", "metric": "test/acc",
                  "series": {"finetune": {"1": [0.5 + seed / 100], "all": [0.9]}, "scratch": {"1": [0.2], "all": [0.9]}}}
         _results(job, children="stages", overrides=["pipeline=p", f"seed={seed}"], metrics={}, curve=curve)
+        encoder = f"model.backbone.checkpoint={job}/pretrain/encoder.pt"  # differs by seed: not part of the row
         for stage, acc in (("finetune", 0.5 + seed / 100), ("scratch", 0.2)):
-            _results(job / stage, overrides=[f"model={stage}", f"seed={seed}"], metrics={"test/acc": acc})
+            _results(job / stage, overrides=[f"model={stage}", f"seed={seed}", encoder], metrics={"test/acc": acc})
         _results(job / "cv", children="folds", overrides=["cv.folds=2", f"seed={seed}"], metrics={"test/acc": 0.7})
         _results(job / "cv" / "fold0", overrides=["cv.folds=2", "cv.fold=0", f"seed={seed}"], metrics={"test/acc": 0.6})
     jobs = collect(tmp_path)
     assert sorted({j.dir.name for j in jobs}) == ["cv", "finetune", "scratch"]  # no pipeline parent, no fold
     md = write_summary(tmp_path).read_text()
-    assert "| `model=finetune` | 3/3 | 0.5100 +- 0.0100 (n=3)" in md
+    assert "| `finetune` | 3/3 | 0.5100 +- 0.0100 (n=3)" in md and "| `scratch` | 3/3 |" in md
     assert (tmp_path / "summary.png").stat().st_size > 0 and (tmp_path / "curve.png").stat().st_size > 0
 
 

@@ -29,15 +29,22 @@ def _save(fig, path: Path) -> Path:
 
 
 def bar_chart(bars: dict[str, list[float]], metric: str, path: Path, title: str = "") -> Path:
-    """One bar per label: the mean of its values, the error bar one standard deviation (n in the label)."""
+    """One horizontal bar per label (long override labels wrap on the left): the mean of its values, the
+    error bar one standard deviation, n after the label."""
+    import textwrap
+
     plt = _pyplot()
     labels = list(bars)
     stats = [mean_sd(bars[label]) for label in labels]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 1.5), 3.6))
-    ax.bar(range(len(labels)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=4, color="#4c72b0")
-    ax.set_xticks(range(len(labels)), [f"{label}\n(n={len(bars[label])})" for label in labels],
-                  rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center", fontsize=8)
-    ax.set_ylabel(metric)
+    names = [textwrap.fill(f"{label} (n={len(bars[label])})", 48) for label in labels]
+    lines = sum(name.count("\n") + 1 for name in names)
+    fig, ax = plt.subplots(figsize=(8.0, 1.0 + 0.32 * lines + 0.25 * len(labels)))
+    ax.barh(range(len(labels)), [s[0] for s in stats], xerr=[s[1] for s in stats], capsize=4, color="#4c72b0")
+    ax.set_yticks(range(len(labels)), names, fontsize=8)
+    ax.invert_yaxis()  # the first configuration on top, as in summary.md
+    for i, (mean, sd) in enumerate(stats):
+        ax.text(mean + sd, i, f" {mean:.3f}", va="center", fontsize=8)
+    ax.set_xlabel(metric)
     ax.set_title(title or f"{metric}: mean ± std")
     return _save(fig, path)
 
