@@ -133,12 +133,14 @@ def curve_series(rows: list[dict], stages: list[Stage], curve: dict) -> dict[str
     return series
 
 
-def plot(rows: list[dict], stages: list[Stage], curve: dict | None, path: Path) -> dict | None:
+def plot(rows: list[dict], stages: list[Stage], curve: dict | None, compare: list[str], path: Path) -> dict | None:
+    """The curve, or one bar per stage (per compared stage with `pipeline.compare`)."""
     if curve:
         series = curve_series(rows, stages, curve)
         line_chart(series, curve.get("x", "x"), curve["metric"], path, title="")
         return {"x": curve.get("x"), "metric": curve["metric"], "series": series}
-    bars = {row["name"]: [row["value"]] for row in rows if row.get("value") is not None}
+    bars = {row["name"]: [row["value"]] for row in rows
+            if row.get("value") is not None and (not compare or row["name"] in compare)}
     metric = next((row["metric"] for row in rows if row.get("metric")), "metric")
     bar_chart(bars, metric, path)
     return None
@@ -163,8 +165,9 @@ def run_pipeline(cfg: DictConfig, task: Task) -> Outcome:
         if results.get("status") != "completed":
             raise RuntimeError(f"pipeline stage {stage.name} did not complete: {results.get('error')}")
     (parent / "summary.md").write_text(render(rows, parent))
-    curve_data = plot(rows, stages, curve, parent / "pipeline.png")
+    compare = list(spec.get("compare") or [])
+    curve_data = plot(rows, stages, curve, compare, parent / "pipeline.png")
     metrics = {f"{row['name']}/{row['metric']}": row["value"] for row in rows if row.get("value") is not None}
     extra = {"children": "stages", "stages": rows, **({"curve": curve_data} if curve_data else {})}
-    text = render(rows, parent) + comparison(rows, list(spec.get("compare") or [])) + f"\nplot: {parent / 'pipeline.png'}"
+    text = render(rows, parent) + comparison(rows, compare) + f"\nplot: {parent / 'pipeline.png'}"
     return Outcome(metrics, None, extra, text)
