@@ -8,6 +8,7 @@ benchmarks/results/protocols.md and benchmarks/RESULTS.md; the curve and bar plo
     python benchmarks/protocols.py office_cv          # cv.folds=5, pretrained Lite0, linear head, 112 px
     python benchmarks/protocols.py main               # python run.py (the main job) for seeds 0 1 2
     python benchmarks/protocols.py ssl_mnist --seeds 0 1 2 --pretrain-epochs 5
+    python benchmarks/protocols.py optuna --trials 8 && python benchmarks/protocols.py optuna --trials 12   # resumes
 """
 from __future__ import annotations
 
@@ -45,11 +46,18 @@ def ssl_mnist(args) -> list[str]:
             f"pipeline.pretrain_epochs={args.pretrain_epochs}", "seed=" + ",".join(map(str, args.seeds))]
 
 
-JOBS = {"office_cv": office_cv, "main": main_job, "ssl_mnist": ssl_mnist}
+def optuna_study(args) -> list[str]:
+    """DANN's preset on digits -> digits_m at 5 epochs a trial; the study in an SQLite file beside the run dir,
+    so the command with a larger --trials continues it."""
+    return ["hparams_search=dann_optuna", f"optuna.trials={args.trials}", "model.tsne=false", "trainer.max_epochs=5",
+            f"optuna.storage=sqlite:///{OUT / 'dann_optuna.db'}", "optuna.study_name=dann_digits_to_digits_m"]
+
+
+JOBS = {"office_cv": office_cv, "main": main_job, "ssl_mnist": ssl_mnist, "optuna": optuna_study}
 
 
 def run(name: str, overrides: list[str]) -> tuple[Path, float, str]:
-    run_dir = OUT / name
+    run_dir = OUT / (f"{name}_{overrides[1].split('=')[1]}" if name == "optuna" else name)
     where = f"hydra.sweep.dir={run_dir}" if overrides[0] == "-m" else f"hydra.run.dir={run_dir}"
     command = [sys.executable, "run.py", *overrides, "callbacks.progress_bar=null", where]
     load = os.getloadavg()[0]
@@ -100,7 +108,11 @@ def table_stages(sweep_dir: Path) -> list[str]:
                         f"plots: {sweep_dir}/summary.png, curve.png (if any)"]
 
 
-TABLES = {"office_cv": table_office_cv, "main": table_stages, "ssl_mnist": table_stages}
+def table_study(run_dir: Path) -> list[str]:
+    return (run_dir / "study.md").read_text().splitlines()[2:]
+
+
+TABLES = {"office_cv": table_office_cv, "main": table_stages, "ssl_mnist": table_stages, "optuna": table_study}
 
 
 def main() -> None:
@@ -110,6 +122,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--pretrain-epochs", type=int, default=15)
+    parser.add_argument("--trials", type=int, default=12)
     args = parser.parse_args()
     run_dir, wall, command = run(args.job, JOBS[args.job](args))
     lines = header(args.job, command, wall) + TABLES[args.job](run_dir)
