@@ -98,15 +98,15 @@ def test_optuna_presets_compose(preset, objective):
 
 
 @pytest.mark.slow
-def test_optuna_study_of_three_trials_reports_best_value(tmp_path):
-    proc = run_cli("hparams_search=dann_optuna", "optuna.trials=3", "model.tsne=false", "callbacks=none",
+def test_optuna_study_of_two_trials_reports_best_value(tmp_path):
+    proc = run_cli("hparams_search=dann_optuna", "optuna.trials=2", "model.tsne=false", "callbacks=none",
                    "data.batch_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                    "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", run_dir=tmp_path)
     best = read_results(tmp_path)["best"]
-    values = [read_results(tmp_path / f"trial{i:03d}")["metrics"]["val/source_acc"] for i in range(3)]
+    values = [read_results(tmp_path / f"trial{i:03d}")["metrics"]["val/source_acc"] for i in range(2)]
     assert best["value"] == pytest.approx(max(values))
     assert set(best["params"]) == {"model.optimizer.lr", "model.trade_off", "model.gamma"}
-    assert "best trial:" in proc.stdout and "3 complete" in (tmp_path / "study.md").read_text()
+    assert "best trial:" in proc.stdout and "2 complete" in (tmp_path / "study.md").read_text()
 
 
 @pytest.mark.slow
