@@ -44,6 +44,7 @@ def bar_chart(bars: dict[str, list[float]], metric: str, path: Path, title: str 
     ax.invert_yaxis()  # the first configuration on top, as in summary.md
     for i, (mean, sd) in enumerate(stats):
         ax.text(mean + sd, i, f" {mean:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1.12 * max((m + sd for m, sd in stats), default=1.0) or 1.0)  # room for the value labels
     ax.set_xlabel(metric)
     ax.set_title(title or f"{metric}: mean ± std")
     return _save(fig, path)
