@@ -1,6 +1,6 @@
 """transferlab's one entry point.
 
-    python run.py                                   # main job: embedded data, CPU, no download
+    python run.py                                   # main job (pipeline=main): a method beside its baseline
     python run.py model=<method> data=<dataset> trainer=<cpu|gpu|ddp|ddp_cpu> amp=<fp32|fp16|bf16>
 
 compose -> validate -> seed -> build DataModule, LightningModule, callbacks, loggers, Trainer ->
@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("TRANSFERLAB_ROOT", str(ROOT))
@@ -33,6 +34,9 @@ from lightning_modules.callbacks import FaultTolerance, interrupt_exit_code, is_
 from lightning_modules.components.encoder_io import save_encoder  # noqa: E402
 from lightning_modules.components.safe_load import SafeCheckpointIO, check_resume_fits, safe_load  # noqa: E402
 from lightning_modules.evaluation.embedding_plot import wait_for_plots  # noqa: E402
+from lightning_modules.protocols import protocol_of  # noqa: E402
+from lightning_modules.protocols.crossval import check_cv, fold_option  # noqa: E402
+from lightning_modules.protocols.optuna_search import is_pruned, pruning_callbacks  # noqa: E402
 from lightning_modules.rundir import claim_run_dir  # noqa: E402
 from lightning_modules.runtime import (  # noqa: E402
     RESULTS_FILE, git_commit, is_rank_zero, library_versions, machine, metrics_table, scalar_metrics, write_results,
@@ -77,6 +81,7 @@ def validate(cfg: DictConfig) -> None:
             f"domain pair; choose a single dataset, e.g. data=digits"
         )
     check_trainer(cfg.trainer, choices.get("trainer"))
+    check_cv(cfg, kind)
 
 
 # Trainer options Lightning only asserts on (a bare AssertionError deep in its loops).
@@ -142,6 +147,8 @@ def datamodule_options(cfg: DictConfig) -> dict:
     backbone = cfg.model.get("backbone") or {}
     if data.get("image_size") is None and backbone.get("name"):
         data["image_size"] = declared_input_size(backbone.name, bool(backbone.get("pretrained")))
+    if fold_option(cfg) is not None:
+        data["fold"] = fold_option(cfg)
     dm_class = get_class(cfg.model.datamodule._target_)
     accepted = init_parameters(dm_class)
     unknown = sorted(key for key, value in data.items() if key not in accepted and value is not None)
@@ -338,7 +345,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     del checkpoint  # Lightning frees the handed-over copy once it has restored from it
     prepare_wandb(cfg)
     loggers = build_all(cfg, "logger")
-    callbacks = build_all(cfg, "callbacks") + [FaultTolerance(output_dir() / "checkpoints")]
+    callbacks = build_all(cfg, "callbacks") + [FaultTolerance(output_dir() / "checkpoints"), *pruning_callbacks(cfg)]
     trainer = build_trainer(cfg, callbacks, loggers, checkpoint_io)
     record_precision(cfg, trainer)
     for logger in loggers:  # the resolved config, on every dashboard
@@ -368,7 +375,30 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
     return metrics, optimized
 
 
-def run(cfg: DictConfig) -> float | None:
+def run_of_runs(protocol) -> Callable[[DictConfig], tuple[dict[str, float], float | None]]:
+    """train() for a run made of runs (lightning_modules/protocols): the children run through `task`, then
+    the parent's results.json (completed) gets their summary."""
+
+    def body(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
+        started = time.time()
+        outcome = protocol(cfg, task)
+        if is_rank_zero():
+            write_results(output_dir() / RESULTS_FILE,
+                          results_payload(cfg, "completed", outcome.metrics, started, **outcome.extra))
+            print(f"\n{outcome.text}")
+        return outcome.metrics, outcome.optimized
+
+    return body
+
+
+def task(cfg: DictConfig) -> float | None:
+    """One command's work: a run, or a run of runs (k folds, a pipeline, an Optuna study), whose children
+    come back here."""
+    protocol = protocol_of(cfg)
+    return run(cfg, train if protocol is None else run_of_runs(protocol))
+
+
+def run(cfg: DictConfig, body: Callable = train) -> float | None:
     """train() with bookkeeping: the run dir is checked and locked first (lightning_modules/rundir.py);
     results.json says `failed` or `interrupted` when the run did not complete, unless it holds a completed
     run, which is kept. Ctrl-C exits with status 130, SIGTERM 143.
@@ -378,10 +408,10 @@ def run(cfg: DictConfig) -> float | None:
     started = time.time()
     with claim_run_dir(output_dir(), cfg.get("ckpt_path"), bool(cfg.get("overwrite"))):
         try:
-            _, optimized = train(cfg)
+            _, optimized = body(cfg)
         except BaseException as err:
             code = interrupt_exit_code(err)
-            status = "interrupted" if is_interrupt(err) else "failed"
+            status = "interrupted" if is_interrupt(err) else "pruned" if is_pruned(err) else "failed"
             finish_wandb(exit_code=1)
             if is_rank_zero():
                 error = INTERRUPTS.get(code) or f"{type(err).__name__}: {err}"
@@ -392,7 +422,7 @@ def run(cfg: DictConfig) -> float | None:
                 log.error("job %s failed; the other jobs of the sweep go on", output_dir(), exc_info=err)
             if code is not None:
                 if is_rank_zero():
-                    print(interrupt_message(code), file=sys.stderr)
+                    print(interrupt_message(code, of_runs=body is not train), file=sys.stderr)
                 raise SystemExit(code) from None
             raise
     if optimized is None and in_sweep():
@@ -409,7 +439,10 @@ class ReportedError(CompactHydraException):
 INTERRUPTS = {130: "interrupted by Ctrl-C (SIGINT)", 143: "interrupted by SIGTERM"}
 
 
-def interrupt_message(code: int) -> str:
+def interrupt_message(code: int, of_runs: bool = False) -> str:
+    if of_runs:
+        return (f"{INTERRUPTS[code]}: rerun the same command to go on; its finished runs are reused and an "
+                f"unfinished one continues from its last checkpoint")
     last = output_dir() / "checkpoints" / "last.ckpt"
     then = (f"rerun the same command with ckpt_path=last to continue from {last}" if last.is_file()
             else "no checkpoint was saved yet, so a rerun starts from the beginning")
@@ -419,7 +452,7 @@ def interrupt_message(code: int) -> str:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
-        return run(cfg)
+        return task(cfg)
     except (*USER_ERRORS, MissingMandatoryValue) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the whole traceback, as Hydra shows it for any error
@@ -454,7 +487,16 @@ def legacy_form_error(args: list[str]) -> str | None:
     return None
 
 
+MAIN_JOB = "pipeline=main"  # conf/pipeline/main.yaml: what `python run.py` with no arguments runs
+
+
+def command_line(args: list[str]) -> list[str]:
+    """The arguments Hydra gets: the main job for none, any other command line as it is (a single run)."""
+    return args or [MAIN_JOB]
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = command_line(sys.argv[1:])
     legacy = legacy_form_error(sys.argv[1:])
     if legacy:
         print(f"error: {legacy}", file=sys.stderr)

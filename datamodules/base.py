@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CUDAAccelerator
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .datasets import ImageFileDataset, TensorImageDataset
 from .decoded_cache import check_cache_option
@@ -41,6 +41,7 @@ class BaseDataModule(pl.LightningDataModule):
         cache: str = "auto",
         cache_dir: str | None = None,
         cache_max_gb: float | None = None,
+        fold: dict | None = None,
     ):
         super().__init__()
         self.train_augment = AffineAugment.from_config(train_augment)
@@ -59,6 +60,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.num_workers, self.pin_memory_option = num_workers, pin_memory
         self.persistent_workers_option = persistent_workers
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.fold = fold  # {index, folds, seed}: a k-fold cross-validation split (set by the runner from cv.*)
         check_cache_option(cache, cache_max_gb)
         self.cache_options = dict(cache=cache, cache_dir=cache_dir, cache_max_gb=cache_max_gb)
 
@@ -98,7 +100,7 @@ class BaseDataModule(pl.LightningDataModule):
         return dict(
             image_size=self.image_size, channels=self.channels, val_fraction=self.val_fraction,
             test_fraction=self.test_fraction, split_seed=self.split_seed, labels_needed=self.labels_needed,
-            **self.cache_options,
+            fold=self.fold, **self.cache_options,
         )
 
     def worker_options(self, dataset: Dataset) -> dict:
@@ -112,12 +114,16 @@ class BaseDataModule(pl.LightningDataModule):
             workers = 0 if in_memory else min(4, max(0, (os.cpu_count() or 1) - torch.get_num_threads()))
         return {"num_workers": workers, "persistent_workers": bool(self.persistent_workers_option and workers > 0)}
 
-    def loader(self, dataset: Dataset, train: bool, batch_size: int | None = None) -> DataLoader:
+    def loader(self, dataset: Dataset, train: bool, batch_size: int | None = None, steps: int | None = None) -> DataLoader:
+        """`steps`: a training epoch of exactly that many batches, drawn from reshuffled passes over `dataset`."""
+        size = batch_size or (self.batch_size if train else self.eval_batch_size)
+        sampler = RandomSampler(dataset, num_samples=steps * size) if train and steps else None
         return DataLoader(
             dataset,
-            batch_size=batch_size or (self.batch_size if train else self.eval_batch_size),
-            shuffle=train,
-            drop_last=train and len(dataset) > (batch_size or self.batch_size),
+            batch_size=size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and (sampler is not None or len(dataset) > (batch_size or self.batch_size)),
             pin_memory=self.pin_memory,
             **self.worker_options(dataset),
         )

@@ -22,7 +22,7 @@ from . import embedded
 from .datasets import ImageFileDataset, TensorImageDataset, to_nchw_uint8
 from .decoded_cache import cached_file_dataset, check_cache_option
 from .errors import ConfigError, DataFormatError, DataNotFoundError
-from .splits import stratified_split
+from .splits import stratified_folds, stratified_split
 from .validate import check_classes, check_counts, check_image_files, check_images, check_labels
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
@@ -374,8 +374,37 @@ def _take(part, idx):
     return images[idx], np.asarray(labels)[idx]
 
 
-def carve_splits(raw: RawSplits, val_fraction: float, test_fraction: float, split_seed: int) -> dict[str, Any]:
-    """Fill in missing val/test splits by stratified seeded splitting."""
+def _concat(parts: list):
+    if isinstance(parts[0], list):
+        return [item for part in parts for item in part]
+    images = [part[0] for part in parts]
+    images = torch.cat([torch.as_tensor(i) for i in images]) if isinstance(images[0], torch.Tensor) else np.concatenate(images)
+    return images, np.concatenate([np.asarray(part[1]) for part in parts])
+
+
+def carve_fold(raw: RawSplits, fold: dict, val_fraction: float, split_seed: int) -> dict[str, Any]:
+    """k-fold cross-validation (`cv.folds`): every split the source defines pooled, fold `index` of
+    `folds` stratified seeded folds (`seed`) is the test split, val_fraction of the pool is carved from
+    the other folds (stratified, split_seed) and the rest trains."""
+    everything = _concat([raw.splits[name] for name in ("all", *SPLIT_NAMES) if name in raw.splits])
+    labels = _labels_of(everything)
+    try:
+        folds = stratified_folds(labels, int(fold["folds"]), int(fold["seed"]))
+    except ValueError as err:
+        raise ConfigError(f"cv.folds={fold['folds']}: {err}") from None
+    test = folds[int(fold["index"])]
+    rest = np.setdiff1d(np.arange(len(labels)), test)
+    share = val_fraction * len(labels) / max(1, len(rest))
+    idx = stratified_split(labels[rest], {"val": min(1.0, share)}, split_seed)
+    return {"train": _take(everything, rest[idx["rest"]]), "val": _take(everything, rest[idx["val"]]),
+            "test": _take(everything, test)}
+
+
+def carve_splits(raw: RawSplits, val_fraction: float, test_fraction: float, split_seed: int,
+                 fold: dict | None = None) -> dict[str, Any]:
+    """Fill in missing val/test splits by stratified seeded splitting (with `fold`: a cross-validation fold)."""
+    if fold is not None:
+        return carve_fold(raw, fold, val_fraction, split_seed)
     parts = dict(raw.splits)
     if "all" in parts:
         everything = parts.pop("all")
@@ -402,10 +431,12 @@ def load_dataset(
     cache: str = "auto",
     cache_dir: str | None = None,
     cache_max_gb: float | None = None,
+    fold: dict | None = None,
 ) -> Splits:
     """Build the named dataset of `spec`, check it (`validate`) and return its converted train/val/test
     splits. `labels_needed=False` (labels only evaluate the method) turns a missing class into a warning;
-    `cache*`: how image files are decoded (`decoded_cache`)."""
+    `cache*`: how image files are decoded (`decoded_cache`); `fold` {index, folds, seed}: a k-fold cross-validation
+    split instead (`carve_fold`)."""
     options = dict(spec)
     name = options.pop("name", None)
     if name not in DATASETS:
@@ -414,7 +445,7 @@ def load_dataset(
     files = ", ".join(str(spec[k]) for k in ("path", "train_path", "test_path", "root") if spec.get(k))
     where = f"{where} ({name}{': ' + files if files else ''})"
     raw = _checked(raw, image_size, where)
-    parts = carve_splits(raw, val_fraction, test_fraction, split_seed)
+    parts = carve_splits(raw, val_fraction, test_fraction, split_seed, fold)
     check_cache_option(cache, cache_max_gb)
     cache_options = dict(cache=cache, cache_dir=cache_dir, cache_max_gb=cache_max_gb)
     datasets = {split: _as_dataset(parts[split], image_size, channels, cache_options, f"{where} {split}")

@@ -63,3 +63,19 @@ def stratified_subset(labels, n: int, seed: int = 0) -> np.ndarray:
     if n >= len(labels):
         return np.arange(len(labels))
     return stratified_split(labels, {"keep": n / len(labels)}, seed)["keep"]
+
+
+def stratified_folds(labels, folds: int, seed: int) -> list[np.ndarray]:
+    """`folds` disjoint index sets covering every example, each class spread evenly over them (seeded):
+    scikit-learn's StratifiedKFold with shuffling. k-fold cross-validation tests on fold i and trains on
+    the others. Needs every class to have at least `folds` examples."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    if folds < 2 or counts.min() < folds:
+        smallest = classes[counts.argmin()]
+        raise ValueError(f"{folds} folds need 2 <= folds <= the smallest class size "
+                         f"({counts.min()} examples of class {smallest})")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [np.sort(test) for _, test in splitter.split(np.zeros(len(labels)), labels)]

@@ -63,6 +63,14 @@ def resumes(run_dir: Path, ckpt_path: str | None) -> bool:
     return Path(ckpt_path).expanduser().absolute().is_relative_to(Path(run_dir).absolute())
 
 
+def holds_children(run_dir: Path) -> bool:
+    """A run of runs (lightning_modules/protocols): its results.json names the kind of its children."""
+    try:
+        return bool(json.loads((Path(run_dir) / RESULTS_FILE).read_text()).get("children"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_run_dir(run_dir: Path, ckpt_path: str | None, overwrite: bool, option: str = "hydra.run.dir") -> bool:
     """Refuse to start a fresh run over a completed one, or over checkpoints that a resume could use;
     True when the run starts afresh (a failed run that left no checkpoint is replaced: nothing is lost)."""
@@ -77,6 +85,8 @@ def check_run_dir(run_dir: Path, ckpt_path: str | None, overwrite: bool, option:
     if any(run_dir.glob("hpc_ckpt_*.ckpt")):
         return False  # a requeued SLURM job: Lightning resumes from its snapshot by itself
     status, ckpts = read_status(run_dir / RESULTS_FILE), checkpoints_in(run_dir)
+    if holds_children(run_dir):
+        return False  # a run of runs (folds, stages, trials): the same command reuses its completed children
     if status == "completed":
         what = "a completed run (results.json: completed)"
     elif ckpts:

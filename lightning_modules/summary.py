@@ -2,7 +2,10 @@
 
 One row per configuration (the job's command-line overrides other than `seed`), each headline
 metric as mean +- std over that configuration's completed runs with their count n, the mean wall
-time, and the runs that failed, listed with their error. A Hydra callback (`SweepSummary`,
+time, and the runs that failed, listed with their error; `summary.png` draws the first metric as one bar
+per configuration with a std error bar, and a sweep of pipelines with a curve gets `curve.png` (the
+curve's points pooled over the jobs). A cross-validation or Optuna job counts as one run; a pipeline's
+stages are runs of their own (a row per stage). A Hydra callback (`SweepSummary`,
 configured in conf/hydra/default.yaml) writes it when a multirun ends; rebuild it for any sweep
 dir, also one still running or cut short:
 
@@ -36,6 +39,9 @@ class Job:
     wall_time_s: float | None = None
     error: str | None = None
     optimized_metric: str | None = None
+    children: str | None = None       # a run of runs: folds | stages | trials (lightning_modules/protocols)
+    stage: str | None = None          # a pipeline stage: its dir under the pipeline's (e.g. finetune/labels_per_class=1)
+    curve: dict | None = None         # a pipeline's label-efficiency curve
 
     @property
     def seed(self) -> str:
@@ -59,11 +65,13 @@ def read_job(job_dir: Path) -> Job:
             return Job(job_dir, [], "incomplete", error=f"unreadable {RESULTS_FILE}: {err}")
         return Job(job_dir, list(data.get("overrides") or []), data.get("status", "completed"),
                    {k: float(v) for k, v in (data.get("metrics") or {}).items()}, data.get("wall_time_s"),
-                   data.get("error"), data.get("optimized_metric"))
+                   data.get("error"), data.get("optimized_metric"), children=data.get("children"), curve=data.get("curve"))
     import yaml
 
     overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
-    return Job(job_dir, list(overrides), "incomplete", error="no results.json (still running, or killed hard)")
+    children = "stages" if any(override_key(o) == "pipeline" for o in overrides) else None  # a running pipeline
+    return Job(job_dir, list(overrides), "incomplete", error="no results.json (still running, or killed hard)",
+               children=children)
 
 
 def collect(sweep_dir: Path) -> list[Job]:
@@ -72,7 +80,29 @@ def collect(sweep_dir: Path) -> list[Job]:
     found = {p.parent for p in sweep_dir.rglob(RESULTS_FILE)}
     found |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     found = {d for d in found if ".submitit" not in d.parts and d != sweep_dir}
-    return [read_job(d) for d in sorted(found, key=lambda d: job_number(d.relative_to(sweep_dir)))]
+    jobs = [read_job(d) for d in sorted(found, key=lambda d: job_number(d.relative_to(sweep_dir)))]
+    for pipeline in (p for p in jobs if p.children == "stages"):
+        for job in jobs:
+            if job.dir.is_relative_to(pipeline.dir) and job.dir != pipeline.dir:
+                name_stage(job, pipeline.dir)
+    return [j for j in jobs if counted(j, jobs)]
+
+
+def name_stage(job: Job, pipeline_dir: Path) -> None:
+    """A stage is named by its dir; the files handed to it (paths into its pipeline's dir) are left out of its
+    configuration, so the same stage of every seed's pipeline pools into one row."""
+    job.stage = str(job.dir.relative_to(pipeline_dir))
+    inside = (str(pipeline_dir.absolute()), str(pipeline_dir.resolve()))
+    job.overrides = [o for o in job.overrides if not o.split("=", 1)[-1].startswith(inside)]
+
+
+def counted(job: Job, jobs: list[Job]) -> bool:
+    """A run of runs counts as one run (the mean over its folds, the best trial), except a pipeline, whose
+    stages are the runs (rows per stage, pooled over the sweep's seeds)."""
+    if job.children == "stages":
+        return False
+    return not any(p.children in ("folds", "trials") and job.dir.is_relative_to(p.dir) and job.dir != p.dir
+                   for p in jobs)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -106,12 +136,14 @@ def common_overrides(jobs: list[Job]) -> list[str]:
 
 
 def group(jobs: list[Job]) -> list[Row]:
-    """Configurations = overrides other than seed; labelled by the overrides that vary across the sweep."""
-    keys = [tuple(o for o in j.overrides if override_key(o) != "seed") for j in jobs]
-    common = set(common_overrides(jobs))
+    """Configurations = (pipeline stage, overrides other than seed); labelled by the stage and the overrides
+    that vary across the sweep (across the same stage of every pipeline)."""
+    common = {stage: set(common_overrides([j for j in jobs if j.stage == stage])) for stage in {j.stage for j in jobs}}
     rows: dict[tuple, Row] = {}
-    for key, job in zip(keys, jobs):
-        label = " ".join(o for o in key if o not in common) or "(every job: same configuration)"
+    for job in jobs:
+        key = (job.stage, tuple(o for o in job.overrides if override_key(o) != "seed"))
+        varying = " ".join(o for o in key[1] if o not in common[job.stage])
+        label = " ".join(part for part in (job.stage, varying) if part) or "(every job: same configuration)"
         rows.setdefault(key, Row(label, [])).jobs.append(job)
     return list(rows.values())
 
@@ -173,14 +205,40 @@ def render_csv(jobs: list[Job]) -> str:
     return out.getvalue()
 
 
+def write_plots(sweep_dir: Path, jobs: list[Job]) -> list[Path]:
+    """summary.png: one bar per configuration, its first metric's mean with a std error bar; curve.png: the
+    pipelines' curves pooled over the sweep's jobs (mean +- std at each point)."""
+    from .protocols.plots import bar_chart, line_chart
+
+    written = []
+    columns = metric_columns(jobs)
+    if columns:
+        bars = {row.label: [j.metrics[columns[0]] for j in row.completed if columns[0] in j.metrics]
+                for row in group(jobs)}
+        bars = {label: values for label, values in bars.items() if values}
+        if bars:
+            written.append(bar_chart(bars, columns[0], sweep_dir / "summary.png"))
+    curves = [read_job(d).curve for d in sorted({p.parent for p in sweep_dir.rglob(RESULTS_FILE)})]
+    curves = [c for c in curves if c]
+    if curves:
+        series: dict[str, dict[str, list[float]]] = {}
+        for curve in curves:
+            for name, points in curve["series"].items():
+                for x, values in points.items():
+                    series.setdefault(name, {}).setdefault(x, []).extend(values)
+        written.append(line_chart(series, curves[0]["x"], curves[0]["metric"], sweep_dir / "curve.png"))
+    return written
+
+
 def write_summary(sweep_dir: str | Path) -> Path:
-    """Write summary.md and summary.csv in `sweep_dir` (atomically); returns summary.md's path."""
+    """Write summary.md, summary.csv (atomically) and the plots in `sweep_dir`; returns summary.md's path."""
     sweep_dir = Path(sweep_dir)
     jobs = collect(sweep_dir)
     for name, text in (("summary.md", render_markdown(sweep_dir, jobs)), ("summary.csv", render_csv(jobs))):
         tmp = sweep_dir / f".{name}.tmp-{os.getpid()}"
         tmp.write_text(text)
         tmp.replace(sweep_dir / name)
+    write_plots(sweep_dir, jobs)
     return sweep_dir / "summary.md"
 
 

@@ -92,22 +92,21 @@ def test_optuna_presets_compose(preset, objective):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = hydra_compose("config", overrides=[f"hparams_search={preset}"], return_hydra_config=True)
     assert cfg.model.optimized_metric == objective and "target" not in objective  # DA: no target labels
-    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
-    assert cfg.hydra.sweeper.params and "storage" in cfg.hydra.sweeper and cfg.hydra.sweeper.study_name
+    assert cfg.optuna.trials == 20 and cfg.optuna.direction == "maximize" and cfg.optuna.params
+    assert cfg.optuna.pruner._target_ == "optuna.pruners.MedianPruner" and "storage" in cfg.optuna
+    assert cfg.hydra.mode is None or str(cfg.hydra.mode) != "RunMode.MULTIRUN"  # one command, trials as run dirs
 
 
 @pytest.mark.slow
-def test_optuna_sweep_of_four_trials_reports_best_value(tmp_path):
-    import yaml
-
-    proc = run_cli("hparams_search=dann_optuna", "hydra.sweeper.n_trials=4", "model.tsne=false", "callbacks=none",
+def test_optuna_study_of_two_trials_reports_best_value(tmp_path):
+    proc = run_cli("hparams_search=dann_optuna", "optuna.trials=2", "model.tsne=false", "callbacks=none",
                    "data.batch_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                   "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", f"hydra.sweep.dir={tmp_path}")
-    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
-    values = [read_results(tmp_path / str(i))["metrics"]["val/source_acc"] for i in range(4)]
-    assert best["best_value"] == pytest.approx(max(values))
-    assert set(best["best_params"]) == {"model.optimizer.lr", "model.trade_off", "model.gamma"}
-    assert "Best value" in proc.stdout + proc.stderr and "## Optuna" in (tmp_path / "summary.md").read_text()
+                   "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", run_dir=tmp_path)
+    best = read_results(tmp_path)["best"]
+    values = [read_results(tmp_path / f"trial{i:03d}")["metrics"]["val/source_acc"] for i in range(2)]
+    assert best["value"] == pytest.approx(max(values))
+    assert set(best["params"]) == {"model.optimizer.lr", "model.trade_off", "model.gamma"}
+    assert "best trial:" in proc.stdout and "2 complete" in (tmp_path / "study.md").read_text()
 
 
 @pytest.mark.slow

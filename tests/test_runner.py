@@ -78,7 +78,7 @@ def test_invalid_model_data_pair_fails_before_training(tmp_path, model, data):
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "checkpoints").exists()
 
 
-def test_main_job_writes_results_with_metrics_config_seed_versions(tmp_path):
+def test_a_single_run_writes_results_with_metrics_config_seed_versions(tmp_path):
     proc = run_cli(run_dir=tmp_path)
     results = read_results(tmp_path)
     assert results["status"] == "completed"
