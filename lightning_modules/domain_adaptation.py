@@ -329,16 +329,25 @@ class DiscrepancyAdaptation(DomainAdaptation):
         out["logits"] = self.classifier(f)
         return out
 
-    def training_step(self, batch, batch_idx):
-        (xs, ys), xt = batch["source"], batch["target"]
-        x, n = torch.cat([xs, xt]), len(xs)
+    def adapted_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, the adapted layers' activations) of a stacked source + target batch, with the
+        `adapt_dropout` and `normalize` options applied to the adapted ones."""
         activations = self.activations(x)
-        loss_y = self.source_loss(activations["logits"][:n], ys)
+        logits = activations["logits"]
         if not self.adapt_dropout:
             with dropout_off(self):
                 activations = self.activations(x)
-        adapted = [F.normalize(activations[k], dim=1) if self.normalize else activations[k] for k in self.layers]
+        return logits, [F.normalize(activations[k], dim=1) if self.normalize else activations[k] for k in self.layers]
+
+    def adaptation_weight(self) -> float:
+        """`trade_off`, times DANN's lambda_p schedule with `ramp`."""
+        return self.trade_off * (adaptation_weight(self.progress) if self.ramp else 1.0)
+
+    def training_step(self, batch, batch_idx):
+        (xs, ys), xt = batch["source"], batch["target"]
+        x, n = torch.cat([xs, xt]), len(xs)
+        logits, adapted = self.adapted_activations(x)
+        loss_y = self.source_loss(logits[:n], ys)
         loss_d = sum(self.discrepancy(a[:n], a[n:]) for a in adapted)
-        weight = self.trade_off * (adaptation_weight(self.progress) if self.ramp else 1.0)
         self.log_train({"train/discrepancy": loss_d}, n, on_step=True)
-        return self.check_finite(loss_y + weight * loss_d)
+        return self.check_finite(loss_y + self.adaptation_weight() * loss_d)
