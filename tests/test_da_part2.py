@@ -1,0 +1,180 @@
+"""Domain adaptation, part 2: the losses of CDAN, CDAN+E, MCC and WDAN against hand computations, their
+correctness on two DDP processes (gloo), WDAN's class weights and priors, the validators that pick a
+checkpoint without target labels, and the new methods end to end."""
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lightning_modules.components.domain import (RandomizedMultilinearMap, class_prior, class_weights,
+                                                 conditional_domain_loss, entropy, entropy_weight, mcc_loss,
+                                                 mk_mmd2, multilinear_map)
+
+# ------------------------------------------------------------------------------------------------
+# CDAN
+
+
+def test_multilinear_map_is_the_flattened_outer_product():
+    f, g = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.25, 0.75]])
+    assert torch.allclose(multilinear_map(f, g), torch.tensor([[0.25, 0.5, 0.75, 1.5]]))
+
+
+def test_randomized_map_by_hand_and_its_inner_products_estimate_the_outer_products():
+    m = RandomizedMultilinearMap(2, 2, dim=2)
+    m.r_f.copy_(torch.eye(2))
+    m.r_g.copy_(torch.tensor([[2.0, 0.0], [0.0, 4.0]]))
+    out = m(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, 0.5]]))  # (1, 2) * (1, 2) / sqrt(2)
+    assert torch.allclose(out, torch.tensor([[1.0, 4.0]]) / math.sqrt(2))
+    # Theorem 1: <T(f1, g1), T(f2, g2)> is unbiased for <f1 (x) g1, f2 (x) g2> = (f1 . f2)(g1 . g2)
+    torch.manual_seed(0)
+    big = RandomizedMultilinearMap(3, 2, dim=200_000)
+    f1, f2 = torch.tensor([[1.0, 0.5, -1.0]]), torch.tensor([[0.5, 1.0, 0.0]])
+    g1, g2 = torch.tensor([[0.9, 0.1]]), torch.tensor([[0.6, 0.4]])
+    estimate = (big(f1, g1) * big(f2, g2)).sum()
+    exact = (f1 @ f2.T).item() * (g1 @ g2.T).item()  # 1.0 x 0.58
+    assert abs(estimate.item() - exact) < 0.03
+
+
+def test_entropy_weight_is_one_plus_exp_minus_entropy():
+    p = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.8, 0.2]])
+    h = torch.tensor([math.log(2), 0.0, -(0.8 * math.log(0.8) + 0.2 * math.log(0.2))])
+    assert torch.allclose(entropy(p), h, atol=1e-6)
+    assert torch.allclose(entropy_weight(p), torch.tensor([1.5, 2.0, 1 + math.exp(-h[2].item())]), atol=1e-6)
+
+
+def test_conditional_domain_loss_by_hand():
+    # source (label 0) logits 0, ln 3: BCE ln 2, ln 4; target (label 1) logits 0, ln 3: BCE ln 2, ln 4/3
+    logits = torch.tensor([0.0, math.log(3), 0.0, math.log(3)])
+    is_target = torch.tensor([0, 0, 1, 1])
+    plain = conditional_domain_loss(logits, is_target)
+    assert plain.item() == pytest.approx((math.log(2) + math.log(4) + math.log(2) + math.log(4 / 3)) / 4, abs=1e-6)
+    weighted = conditional_domain_loss(logits, is_target, torch.tensor([1.0, 3.0, 2.0, 2.0]))
+    source = (1 * math.log(2) + 3 * math.log(4)) / 4
+    target = (2 * math.log(2) + 2 * math.log(4 / 3)) / 4
+    assert weighted.item() == pytest.approx(0.5 * (source + target), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# MCC
+
+
+def test_mcc_loss_by_hand():
+    p = [[0.8, 0.2], [0.5, 0.5]]
+    logits = torch.tensor(p).log()  # T = 1: softmax(log p) = p
+    h = [-(0.8 * math.log(0.8) + 0.2 * math.log(0.2)), math.log(2)]
+    w = [1 + math.exp(-x) for x in h]
+    w = [2 * x / sum(w) for x in w]  # Eq. 3: B (1 + e^-H) / sum
+    c = [[sum(w[i] * p[i][j] * p[i][k] for i in range(2)) for k in range(2)] for j in range(2)]  # Eq. 4
+    c = [[c[j][k] / sum(c[j]) for k in range(2)] for j in range(2)]  # Eq. 5
+    expected = (c[0][1] + c[1][0]) / 2  # Eq. 6
+    assert mcc_loss(logits, temperature=1.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_mcc_loss_is_zero_for_confident_distinct_classes_and_grows_with_confusion():
+    confident = torch.tensor([[30.0, 0.0, 0.0], [0.0, 30.0, 0.0], [0.0, 0.0, 30.0]])
+    assert mcc_loss(confident, temperature=1.0).item() < 1e-6
+    assert mcc_loss(torch.zeros(3, 3), temperature=1.0).item() == pytest.approx(2 / 3, abs=1e-6)  # uniform: 2/3 per row
+    # a higher temperature flattens the predictions: more confusion
+    logits = torch.tensor([[3.0, 0.0], [0.0, 3.0]])
+    assert mcc_loss(logits, temperature=2.5) > mcc_loss(logits, temperature=1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# WDAN
+
+
+def test_class_prior_and_weights_by_hand():
+    ps = class_prior(torch.tensor([0, 0, 0, 1]), 2)
+    pt = class_prior(torch.tensor([0, 1, 1, 1]), 2)
+    assert torch.allclose(ps, torch.tensor([0.75, 0.25])) and torch.allclose(pt, torch.tensor([0.25, 0.75]))
+    assert torch.allclose(class_weights(ps, pt), torch.tensor([1 / 3, 3.0]))
+    # Laplace smoothing: (counts + 1) / (N + C); a class absent from the source weighs 0
+    assert torch.allclose(class_prior(torch.tensor([0, 0, 0]), 3, smoothing=1.0), torch.tensor([4 / 6, 1 / 6, 1 / 6]))
+    assert torch.allclose(class_weights(torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5])), torch.tensor([0.5, 0.0]))
+
+
+def test_weighted_mmd_by_hand():
+    x, y = torch.tensor([[0.0], [5.0]]), torch.tensor([[1.0], [2.0]])
+    # one kernel exp(-d^2 / 1); all weight on the source point 0
+    got = mk_mmd2(x, y, kernel_num=1, bandwidth=1.0, source_weights=torch.tensor([1.0, 0.0]))
+    e = math.exp
+    expected = 1 + (2 + 2 * e(-1)) / 4 - 2 * (e(-1) + e(-4)) / 2
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+    # equal weights: DAN's unweighted estimate
+    assert torch.allclose(mk_mmd2(x, y, source_weights=torch.tensor([2.0, 2.0])), mk_mmd2(x, y))
+
+
+# ------------------------------------------------------------------------------------------------
+# DDP: two processes, each holding half the batch, give the loss and gradients of one process holding all
+
+WORLD, HALF = 2, 4
+
+
+def _ddp_inputs():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(WORLD * HALF, 5, generator=g), torch.randn(WORLD * HALF, 5, generator=g)
+
+
+def _ddp_layer():
+    torch.manual_seed(0)
+    return torch.nn.Linear(5, 3)
+
+
+def _losses(layer, target_x, domain_x, is_target):
+    """MCC on target predictions; CDAN+E's weighted domain loss on 1-d logits of the same layer."""
+    logits = layer(target_x)
+    d_logits = layer(domain_x)[:, 0]
+    weights = entropy_weight(torch.softmax(layer(domain_x), 1).detach())
+    return mcc_loss(logits), conditional_domain_loss(d_logits, is_target, weights)
+
+
+def _is_target():
+    return torch.tensor([0, 1] * (WORLD * HALF // 2))  # both domains in either half, unequal weight sums
+
+
+def _ddp_worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    try:
+        target_x, domain_x = _ddp_inputs()
+        mine = slice(rank * HALF, (rank + 1) * HALF)
+        out = {}
+        for i, name in enumerate(("mcc", "cdan")):
+            layer = _ddp_layer()
+            loss = _losses(layer, target_x[mine], domain_x[mine], _is_target()[mine])[i]
+            loss.backward()
+            grads = torch.cat([p.grad.flatten() for p in layer.parameters()])
+            dist.all_reduce(grads)  # DDP: the mean of the processes' gradients
+            mean_loss = loss.detach().clone()
+            dist.all_reduce(mean_loss)
+            out[name] = (mean_loss / WORLD, grads / WORLD)
+        if rank == 0:
+            torch.save(out, os.path.join(out_dir, "out.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mcc_and_cdan_losses_on_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
+    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    out = torch.load(tmp_path / "out.pt")
+    target_x, domain_x = _ddp_inputs()
+    for i, name in enumerate(("mcc", "cdan")):
+        layer = _ddp_layer()
+        loss = _losses(layer, target_x, domain_x, _is_target())[i]
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in layer.parameters()])
+        assert torch.allclose(out[name][0], loss.detach(), atol=1e-6), name
+        assert torch.allclose(out[name][1], grads, atol=1e-6), name
