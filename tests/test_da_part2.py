@@ -178,3 +178,85 @@ def test_mcc_and_cdan_losses_on_two_processes_equal_one_process_with_the_whole_b
         grads = torch.cat([p.grad.flatten() for p in layer.parameters()])
         assert torch.allclose(out[name][0], loss.detach(), atol=1e-6), name
         assert torch.allclose(out[name][1], grads, atol=1e-6), name
+
+
+# ------------------------------------------------------------------------------------------------
+# validators: no target label
+
+
+def test_entropy_and_information_maximisation_by_hand():
+    from lightning_modules.evaluation.validators import entropy_score, information_maximization
+
+    confident = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    collapsed = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    uniform = torch.full((2, 2), 0.5)
+    assert entropy_score(confident) == pytest.approx(0.0) and entropy_score(uniform) == pytest.approx(-math.log(2))
+    # IM = H(mean p) - mean H(p): ln 2 for confident and diverse, 0 for collapsed or uniform
+    assert information_maximization(confident) == pytest.approx(math.log(2))
+    assert information_maximization(collapsed) == pytest.approx(0.0, abs=1e-9)
+    assert information_maximization(uniform) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_soft_neighborhood_density_by_hand():
+    from lightning_modules.evaluation.validators import soft_neighborhood_density
+
+    # three points: p0 = p1 = e0, p2 = e1. Cosine similarities to the others: row 0 (1, 0), row 1 (1, 0), row 2 (0, 0)
+    probs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    t = 0.5
+    a = 1 / (1 + math.exp(-1 / t))  # softmax of (1/t, 0)
+    h_peaked = -(a * math.log(a) + (1 - a) * math.log(1 - a))
+    expected = (2 * h_peaked + math.log(2)) / 3
+    assert soft_neighborhood_density(probs, temperature=t) == pytest.approx(expected, abs=1e-9)
+
+
+def test_dev_risk_by_hand_and_density_ratio_favours_target_like_source_points():
+    import numpy as np
+
+    from lightning_modules.evaluation.validators import density_ratio, dev_risk
+
+    # L = w l = (1, 6); mean 3.5; Cov(L, w) = 5, Var(w) = 2, eta = -2.5; risk = 3.5 - 2.5 x 2 + 2.5 = 1
+    assert dev_risk(np.array([1.0, 2.0]), np.array([1.0, 3.0])) == pytest.approx(1.0)
+    assert dev_risk(np.array([1.0, 3.0]), np.ones(2)) == pytest.approx(2.0)  # w = 1: the plain mean loss
+    rng = np.random.default_rng(0)
+    source = np.r_[rng.normal(0, 1, (100, 2)), rng.normal(4, 1, (100, 2))]  # half of the source lies near the target
+    target = rng.normal(4, 1, (200, 2))
+    w = density_ratio(source, target)
+    assert w[100:].mean() > 5 * w[:100].mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# the methods end to end (embedded digits -> digits_m, a few batches)
+
+from test_domain_adaptation import TINY, train_in_process  # noqa: E402
+
+
+@pytest.mark.parametrize("method", ["cdan_e", "mcc", "wdan"])  # plain cdan: the DDP run below
+def test_new_methods_run_and_record_the_validators_pick_and_the_upper_bound(method, tmp_path):
+    import json
+
+    metrics = train_in_process([f"model={method}", "data=digits_to_digits_m", *TINY, "model.tsne=false",
+                                "trainer.max_epochs=2", "model.validator=snd"], tmp_path)
+    assert 0.0 <= metrics["test/target_acc"] <= 1.0
+    for name in ("source_acc", "entropy", "im", "snd", "dev"):
+        assert math.isfinite(metrics[f"val/validator/{name}"]), name
+    selection = json.loads((tmp_path / "results.json").read_text())["model_selection"]
+    assert (selection["select"], selection["validator"]) == ("best", "snd")
+    history = selection["history"]
+    assert [row["epoch"] for row in history] == [0, 1]
+    snd_pick = max(history, key=lambda row: row["snd"])["epoch"]
+    assert selection["selected_epoch"] == snd_pick == metrics["test/selected_epoch"]
+    bound = selection["upper_bound"]
+    assert "upper bound" in bound["note"] and bound["target_test_acc"] == max(r["target_test_acc"] for r in history)
+    assert metrics["test/upper_bound_target_acc"] == pytest.approx(bound["target_test_acc"])
+
+
+@pytest.mark.parametrize("method", ["cdan", "mcc"])
+def test_ddp_cpu_runs_to_completion(method, cli, tmp_path):
+    import json
+
+    cli(f"model={method}", "data=digits_to_digits_m", "trainer=ddp_cpu", *TINY, "model.tsne=false",
+        "trainer.max_epochs=1", "data.steps_per_epoch=2", run_dir=tmp_path, timeout=900)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "completed" and results["config"]["trainer"]["devices"] == 2
+    assert 0.0 <= results["metrics"]["test/target_acc"] <= 1.0
+    assert math.isfinite(results["metrics"]["val/validator/snd"])
