@@ -225,6 +225,42 @@ def test_dev_risk_by_hand_and_density_ratio_favours_target_like_source_points():
 
 
 # ------------------------------------------------------------------------------------------------
+# bad input: each option named, with its valid choices
+
+BACKBONE = {"name": "lenet", "pretrained": False}
+
+
+@pytest.mark.parametrize("cls, options, message", [
+    ("cdan.CDAN", {"multilinear": "outer"}, r"model.multilinear='outer' .*\['auto', 'full', 'randomized'\]"),
+    ("cdan.CDAN", {"random_dim": 0}, r"model.random_dim=0 must be a positive width"),
+    ("mcc.MCC", {"temperature": 0.0}, r"model.temperature=0.0 must be > 0"),
+    ("wdan.WDAN", {"gamma": -1.0}, r"model.gamma=-1.0 must be >= 0"),
+    ("wdan.WDAN", {"prior_smoothing": -1.0}, r"model.prior_smoothing=-1.0"),
+    ("wdan.WDAN", {"estimator": "linear"}, r"model.estimator='linear'.*estimator=quadratic"),
+    ("mcc.MCC", {"validator": "target_acc"}, r"model.validator='target_acc' .*'source_acc', 'entropy', 'im', 'snd', 'dev'"),
+])
+def test_bad_options_are_refused_naming_the_option_and_the_choices(cls, options, message):
+    import importlib
+
+    from datamodules.errors import ConfigError
+
+    module, name = cls.split(".")
+    method = getattr(importlib.import_module(f"lightning_modules.{module}"), name)
+    with pytest.raises(ConfigError, match=message):
+        method(BACKBONE, 10, 1, None, **options)
+
+
+def test_cdan_map_is_full_up_to_4096_values_and_randomized_above():
+    from lightning_modules.cdan import CDAN
+
+    lenet = CDAN(BACKBONE, 10, 1, None)  # LeNet: 500 features x 10 classes = 5,000 > 4,096
+    assert lenet.random_map is not None and lenet.domain_classifier[0].in_features == 1024
+    small = CDAN(BACKBONE, 8, 1, None)  # 500 x 8 = 4,000: the full outer product
+    assert small.random_map is None and small.domain_classifier[0].in_features == 4000
+    assert CDAN(BACKBONE, 8, 1, None, multilinear="randomized", random_dim=64).domain_classifier[0].in_features == 64
+
+
+# ------------------------------------------------------------------------------------------------
 # the methods end to end (embedded digits -> digits_m, a few batches)
 
 from test_domain_adaptation import TINY, train_in_process  # noqa: E402
