@@ -4,7 +4,7 @@ by a validator that uses no target label, beside the upper bound that target tes
     nice -n 10 python benchmarks/da_part2.py --pairs digits mnist_usps --seeds 0     # runs, then the table
     python benchmarks/da_part2.py --report                                          # table from the run dirs
 
-Each run is `python run.py experiment=<protocol> model=<method> seed=S model.tsne=false callbacks=none
+Each run is `python run.py experiment=<protocol> model=<method> seed=S model.tsne=false
 trainer.check_val_every_n_epoch=5` (the protocol's budget: digits -> digits_m 1,500 steps, MNIST -> USPS
 1,000 steps of 64 + 64 images, Adam 1e-3), run one at a time (benchmarks/run_many.py; a finished run dir
 is not run again). Every validated epoch records each validator's score and its target test accuracy
@@ -35,7 +35,7 @@ MD = ROOT / "benchmarks" / "results" / "da_part2.md"
 
 
 def overrides(method: str, pair: str, seed: int, extra: list[str]) -> list[str]:
-    return [f"experiment={PROTOCOL[pair]}", f"model={method}", f"seed={seed}", "model.tsne=false", "callbacks=none",
+    return [f"experiment={PROTOCOL[pair]}", f"model={method}", f"seed={seed}", "model.tsne=false",
             "trainer.check_val_every_n_epoch=5", "++trainer.enable_model_summary=false", *extra]
 
 

@@ -261,12 +261,41 @@ def test_cdan_map_is_full_up_to_4096_values_and_randomized_above():
 
 
 # ------------------------------------------------------------------------------------------------
+# partial domain adaptation: data.target_classes
+
+
+def test_target_classes_keep_only_those_classes_in_every_target_split():
+    from datamodules.pair import PairDataModule
+
+    dm = PairDataModule({"name": "digits", "train_size": 100}, {"name": "digits_m"}, channels=3,
+                        target_classes=[0, "3", 4])  # indices or names
+    dm.setup("fit")
+    for split in ("train", "val", "test"):
+        assert set(dm.target.__dict__[split].labels.tolist()) == {0, 3, 4}, split
+    assert len(set(dm.source.train.labels.tolist())) == 10  # the source keeps every class
+
+
+@pytest.mark.parametrize("classes, message", [
+    ([0, 11], r"data.target_classes=\[0, 11\]: \[11\] not among the source's classes; choices: indices 0..9"),
+    (["cat"], r"\['cat'\] not among the source's classes"),
+    ([], r"non-empty list"),
+])
+def test_target_classes_not_in_the_source_are_refused(classes, message):
+    from datamodules.errors import ConfigError
+    from datamodules.pair import PairDataModule
+
+    with pytest.raises(ConfigError, match=message):
+        dm = PairDataModule({"name": "digits"}, {"name": "digits_m"}, channels=3, target_classes=classes)
+        dm.setup("fit")
+
+
+# ------------------------------------------------------------------------------------------------
 # the methods end to end (embedded digits -> digits_m, a few batches)
 
 from test_domain_adaptation import TINY, train_in_process  # noqa: E402
 
 
-@pytest.mark.parametrize("method", ["cdan_e", "mcc", "wdan"])  # plain cdan: the DDP run below
+@pytest.mark.parametrize("method", ["cdan_e", "mcc", "wdan"])  # plain cdan: the DDP run below; pada: next test
 def test_new_methods_run_and_record_the_validators_pick_and_the_upper_bound(method, tmp_path):
     import json
 
@@ -296,3 +325,14 @@ def test_ddp_cpu_runs_to_completion(method, cli, tmp_path):
     assert results["status"] == "completed" and results["config"]["trainer"]["devices"] == 2
     assert 0.0 <= results["metrics"]["test/target_acc"] <= 1.0
     assert math.isfinite(results["metrics"]["val/validator/snd"])
+
+
+def test_pada_on_a_partial_target_learns_class_weights(tmp_path):
+    import json
+
+    metrics = train_in_process(["model=pada", "data=digits_to_digits_m", "data.target_classes=[0,1,2,3,4]", *TINY,
+                                "model.tsne=false", "trainer.max_epochs=2"], tmp_path)
+    weights = [metrics[f"train/class_weight/{c}"] for c in range(10)]
+    assert max(weights) == pytest.approx(1.0) and min(weights) < 1.0  # gamma / max(gamma) after the first epoch
+    config = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert config["data"]["target_classes"] == [0, 1, 2, 3, 4]
