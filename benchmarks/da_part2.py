@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
+from benchmarks.domain_adaptation import mean_std as cell  # noqa: E402
 from benchmarks.run_many import results_of, run_job  # noqa: E402
 from lightning_modules.evaluation.validators import VALIDATORS  # noqa: E402
 
@@ -48,14 +49,6 @@ def picks(results: dict) -> dict[str, float]:
         scored = [r for r in history if r[name] == r[name]]  # NaN scores never pick
         out[name] = 100 * max(scored, key=lambda r: r[name])["target_test_acc"] if scored else float("nan")
     return out
-
-
-def cell(values: list[float]) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def report(pairs: list[str], seeds: list[int], validator: str) -> list[str]:

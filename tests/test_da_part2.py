@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -161,13 +160,9 @@ def _ddp_worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mcc_and_cdan_losses_on_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
+    from test_ssl_ddp import _free_port
+
     mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     out = torch.load(tmp_path / "out.pt")
     target_x, domain_x = _ddp_inputs()
