@@ -83,7 +83,7 @@ class DomainAdaptation(BaseMethod):
     """Base of every method in the family; subclasses write `training_step` like their paper."""
 
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
-                 scheduler_interval: str = "step", select: str = "last", validator: str = "source_acc",
+                 scheduler_interval: str = "step", select: str = "best", validator: str = "im",
                  upper_bound: bool = True, tsne: bool = True, tsne_points: int = 300):
         super().__init__(optimizer, scheduler, scheduler_interval)
         self.save_hyperparameters(logger=False)
