@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from test_domain_adaptation import TINY, train_in_process
+
 from lightning_modules.components.domain import (RandomizedMultilinearMap, class_prior, class_weights,
                                                  conditional_domain_loss, entropy, entropy_weight, mcc_loss,
                                                  mk_mmd2, multilinear_map)
@@ -266,7 +268,7 @@ def test_target_classes_keep_only_those_classes_in_every_target_split():
                         target_classes=[0, "3", 4])  # indices or names
     dm.setup("fit")
     for split in ("train", "val", "test"):
-        assert set(dm.target.__dict__[split].labels.tolist()) == {0, 3, 4}, split
+        assert set(getattr(dm.target, split).labels.tolist()) == {0, 3, 4}, split
     assert len(set(dm.source.train.labels.tolist())) == 10  # the source keeps every class
 
 
@@ -287,8 +289,6 @@ def test_target_classes_not_in_the_source_are_refused(classes, message):
 # ------------------------------------------------------------------------------------------------
 # the methods end to end (embedded digits -> digits_m, a few batches)
 
-from test_domain_adaptation import TINY, train_in_process  # noqa: E402
-
 
 @pytest.mark.parametrize("method", ["cdan_e", "mcc", "wdan"])  # plain cdan: the DDP run below; pada: next test
 def test_new_methods_run_and_record_the_validators_pick_and_the_upper_bound(method, tmp_path):
@@ -308,6 +308,9 @@ def test_new_methods_run_and_record_the_validators_pick_and_the_upper_bound(meth
     bound = selection["upper_bound"]
     assert "upper bound" in bound["note"] and bound["target_test_acc"] == max(r["target_test_acc"] for r in history)
     assert metrics["test/upper_bound_target_acc"] == pytest.approx(bound["target_test_acc"])
+    if method == "wdan":  # alpha = p_t / p_s with p_t from the epoch's pseudo-labels: no longer all 1
+        alpha = [metrics[f"train/class_weight/{c}"] for c in range(10)]
+        assert min(alpha) < 0.99 < 1.01 < max(alpha)
 
 
 @pytest.mark.parametrize("method", ["cdan", "mcc"])
