@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
-from benchmarks.domain_adaptation import mean_std as cell  # noqa: E402
+from benchmarks.domain_adaptation import mean_std  # noqa: E402
 from benchmarks.run_many import results_of, run_job  # noqa: E402
 from lightning_modules.evaluation.validators import VALIDATORS  # noqa: E402
 
@@ -38,6 +38,10 @@ MD = ROOT / "benchmarks" / "results" / "da_part2.md"
 def overrides(method: str, pair: str, seed: int, extra: list[str]) -> list[str]:
     return [f"experiment={PROTOCOL[pair]}", f"model={method}", f"seed={seed}", "model.tsne=false",
             "trainer.check_val_every_n_epoch=5", "++trainer.enable_model_summary=false", *extra]
+
+
+def cell(values: list[float]) -> str:
+    return mean_std(values).replace(" (1 seed)", "")  # the seeds column says how many
 
 
 def picks(results: dict) -> dict[str, float]:
