@@ -370,6 +370,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float | None]:
         # What the backbone's weights expect of the input (lightning_modules/components/pretrained.py).
         norm = getattr(getattr(module, "backbone", None), "input_normalization", None)
         extra = {"input_normalization": norm} if norm is not None else {}
+        if getattr(module, "model_selection", None) is not None:  # domain adaptation: the pick and the upper bound
+            extra["model_selection"] = module.model_selection
         write_results(output_dir() / RESULTS_FILE, results_payload(cfg, status, metrics, started, **extra))
         print(f"\n{metrics_table(metrics)}\n\nrun dir: {output_dir()}")
     return metrics, optimized

@@ -9,6 +9,10 @@ return `[target, source]` loaders of `(x, y)` (dataloader_idx 0 = target).
 
 A domain spec may carry `train_size: N`: a seeded random subset of N training images (the ADDA
 protocol: 2,000 MNIST and 1,800 USPS images).
+
+Partial domain adaptation: `target_classes` (indices or names of source classes) keeps only those classes
+in every target split, so the target's label space is a subset of the source's (Cao et al. 2018). Labels
+keep their source indices; the classifier still has every source class.
 """
 from __future__ import annotations
 
@@ -109,17 +113,44 @@ def check_pair(source: Splits, target: Splits, channels: int | None, image_size:
         )
 
 
+def class_indices(wanted: list, classes: list[str]) -> list[int]:
+    """Indices of `wanted` (indices or names) in the source's `classes`; an error names any that are not there."""
+    out, unknown = [], []
+    for c in wanted:
+        if isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(classes):
+            out.append(c)
+        elif str(c) in classes and not isinstance(c, int):
+            out.append(classes.index(str(c)))
+        else:
+            unknown.append(c)
+    if unknown:
+        raise ConfigError(f"data.target_classes={list(wanted)}: {unknown} not among the source's classes; choices: "
+                          f"indices 0..{len(classes) - 1} or names {classes[:20]}{' ...' if len(classes) > 20 else ''}")
+    return sorted(set(out))
+
+
+def only_classes(dataset: Dataset, keep: list[int]) -> Dataset:
+    """The examples of `dataset` whose label is in `keep` (its labels stay as they are)."""
+    labels = np.asarray(dataset.labels)
+    idx = np.flatnonzero(np.isin(labels, keep))
+    return dataset.subset(idx) if hasattr(dataset, "subset") else Subset(dataset, idx.tolist())
+
+
 class PairDataModule(BaseDataModule):
     data_kind = "pair"
 
     def __init__(self, source: dict, target: dict, steps_per_epoch: int | None = None,
-                 train_target_labels: bool = False, **loader_options):
+                 train_target_labels: bool = False, target_classes: list | None = None, **loader_options):
         super().__init__(**loader_options)
         self.source_spec, self.target_spec = dict(source), dict(target)
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ConfigError(f"data.steps_per_epoch={steps_per_epoch} must be >= 1 (or null: the larger domain's batches)")
         self.steps_per_epoch = steps_per_epoch
         self.train_target_labels = train_target_labels
+        if target_classes is not None and (isinstance(target_classes, (str, int)) or not list(target_classes)):
+            raise ConfigError(f"data.target_classes={target_classes!r}: give a non-empty list of source class "
+                              f"indices or names (e.g. data.target_classes=[0,1,2,3,4]), or null for all")
+        self.target_classes = None if target_classes is None else list(target_classes)
         self.source: Splits | None = None
         self.target: Splits | None = None
 
@@ -135,6 +166,10 @@ class PairDataModule(BaseDataModule):
             self.source = self._load(self.source_spec, "data.source")
             self.target = self._load(self.target_spec, "data.target")
             check_pair(self.source, self.target, self.channels, self.image_size)
+            if self.target_classes is not None:
+                keep = class_indices(self.target_classes, self.source.classes)
+                for split in ("train", "val", "test"):
+                    setattr(self.target, split, only_classes(getattr(self.target, split), keep))
 
     @property
     def data_info(self) -> dict:

@@ -5,12 +5,19 @@ Network: `backbone` (feature extractor G_f) and `classifier` (label predictor G_
 Training batches: `{"source": (xs, ys), "target": xt}` from `datamodules.pair.PairDataModule`.
 Progress: `self.progress` is p = batches done / total batches in [0, 1], which the schedules follow.
 
-Model selection (`select`):
-- `last`: the weights at the end of training (default).
-- `best`: the epoch with the best accuracy on the *labeled source* validation split.
+Model selection (`select`), among the epochs that validate (`trainer.check_val_every_n_epoch`):
+- `last`: the weights at the end of training.
+- `best`: the epoch with the best score of `validator`, which uses no target label
+  (`evaluation/validators.py`: `source_acc`, `entropy`, `im`, `snd`, `dev`). Every validator is computed
+  and logged at each validation (`val/validator/<name>`), so one run shows how each would have chosen.
 - `best_target_oracle`: the epoch with the best accuracy on the target validation split. This uses
   target labels to choose a model, which real unsupervised adaptation cannot do; it is there only
   for users who ask for it, and every result it produces says so (`test/selected_by_target`).
+`upper_bound: true` also scores every validated epoch on the labeled target *test* split and reports the
+epoch that accuracy would pick as `test/upper_bound_target_acc` and `test/upper_bound_epoch`: an upper
+bound that no unsupervised selection can use, kept apart from `test/target_acc` (the selected weights).
+The run dir's `model_selection.json` (and results.json's `model_selection`) holds each validated epoch's
+validator scores and target test accuracy.
 
 Evaluation (test):
 - `test/target_acc` (headline), `test/source_acc`, per-class `test/target_acc_class/<name>`;
@@ -40,6 +47,7 @@ from datamodules.splits import stratified_subset
 from .base import BaseMethod
 from .components.backbones import create_backbone
 from .components.schedules import adaptation_weight
+from .evaluation.validators import VALIDATORS, validator_scores
 
 SELECT_CHOICES = ("last", "best", "best_target_oracle")
 DOMAINS = ("target", "source")  # dataloader_idx 0 and 1 of the pair's val/test loaders
@@ -75,13 +83,18 @@ class DomainAdaptation(BaseMethod):
     """Base of every method in the family; subclasses write `training_step` like their paper."""
 
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
-                 scheduler_interval: str = "step", select: str = "last", tsne: bool = True,
-                 tsne_points: int = 300):
+                 scheduler_interval: str = "step", select: str = "best", validator: str = "im",
+                 upper_bound: bool = True, tsne: bool = True, tsne_points: int = 300):
         super().__init__(optimizer, scheduler, scheduler_interval)
         self.save_hyperparameters(logger=False)
         if select not in SELECT_CHOICES:
             raise ConfigError(f"model.select={select!r} is not a choice; choices: {list(SELECT_CHOICES)}")
+        if validator not in VALIDATORS:
+            raise ConfigError(f"model.validator={validator!r} is not a choice; choices: {list(VALIDATORS)}")
         self.select, self.tsne, self.tsne_points = select, tsne, tsne_points
+        self.validator, self.upper_bound = validator, upper_bound
+        self.selection_history: list[dict] = []  # one row per validated epoch
+        self._val_outputs: dict[str, list] = {}
         self._after_plotted = False  # set when on_fit_end drew plots/tsne_after.png
         self.num_classes = num_classes
         self.backbone = create_backbone(in_chans=in_chans, **backbone)
@@ -90,7 +103,7 @@ class DomainAdaptation(BaseMethod):
         self.train_acc = acc()
         self.eval_acc = nn.ModuleDict({f"{stage}_{dom}": acc() for stage in ("val", "test") for dom in DOMAINS})
         self.target_class_acc = MulticlassAccuracy(num_classes, average=None)
-        self._best_score, self._best_state, self.selected_epoch = -1.0, None, None
+        self._best_score, self._best_state, self.selected_epoch = float("-inf"), None, None
         self._test_features: dict[str, list] = {}
 
     # ----------------------------------------------------------------------------------------
@@ -134,7 +147,15 @@ class DomainAdaptation(BaseMethod):
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch
-        self.eval_acc[f"val_{DOMAINS[dataloader_idx]}"].update(self.predict(x, DOMAINS[dataloader_idx]), y)
+        domain = DOMAINS[dataloader_idx]
+        feats = self.features(x, domain)
+        logits = self.classifier(feats)
+        self.eval_acc[f"val_{domain}"].update(logits, y)
+        # the validators' inputs: target labels are kept out of them (only val/target_acc uses them)
+        self._val_outputs.setdefault(domain, []).append((feats.detach().float(), logits.detach().float(), y))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = {}
 
     def on_validation_epoch_end(self) -> None:
         scores = {}
@@ -143,12 +164,55 @@ class DomainAdaptation(BaseMethod):
             scores[dom] = float(metric.compute()) if metric.update_count else float("nan")
             self.log(f"val/{dom}_acc", scores[dom], prog_bar=True, sync_dist=False)
             metric.reset()
-        if self.trainer.sanity_checking or self.select == "last":
+        outputs, self._val_outputs = self._val_outputs, {}
+        if self.trainer.sanity_checking or len(outputs) < 2:
             return
-        score = scores["source" if self.select == "best" else "target"]
-        if score > self._best_score:
+        row = {"epoch": self.current_epoch, **self.score_validators(scores["source"], outputs),
+               "target_val_acc": scores["target"]}
+        for name in VALIDATORS:
+            self.log(f"val/validator/{name}", row[name], sync_dist=False)  # identical on every process
+        if self.upper_bound:
+            row["target_test_acc"] = self.target_test_accuracy()
+        self.selection_history.append(row)
+        if self.select == "last":
+            return
+        score = row[self.validator] if self.select == "best" else scores["target"]
+        if score > self._best_score:  # a NaN score never wins
             self._best_score, self.selected_epoch = score, self.current_epoch
             self._best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def score_validators(self, source_acc: float, outputs: dict[str, list]) -> dict[str, float]:
+        """Every validator on the validation outputs of all processes (gathered, so all agree)."""
+        def rows(dom, i):
+            return gather_rows(self, torch.cat([part[i] for part in outputs[dom]])).cpu()
+
+        return validator_scores(source_acc, rows("source", 0), rows("source", 1), rows("source", 2),
+                                rows("target", 0), rows("target", 1))
+
+    @torch.no_grad()
+    def target_test_accuracy(self) -> float:
+        """Accuracy on the whole labeled target test split (the upper-bound record; each process reads it all)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "target"):
+            return float("nan")
+        correct = total = 0
+        for x, y in datamodule.loader(datamodule.target.test, train=False):
+            pred = self.predict(x.to(self.device), "target").argmax(1).cpu()
+            correct += int((pred == y).sum())
+            total += len(y)
+        return correct / max(total, 1)
+
+    @property
+    def model_selection(self) -> dict:
+        """What results.json records: the selection rule, its pick, and the target-test upper bound."""
+        out = {"select": self.select, "validator": self.validator if self.select == "best" else None,
+               "selected_epoch": self.selected_epoch, "history": self.selection_history}
+        tested = [r for r in self.selection_history if np.isfinite(r.get("target_test_acc", float("nan")))]
+        if tested:
+            best = max(tested, key=lambda r: r["target_test_acc"])
+            out["upper_bound"] = {"note": "epoch picked by target TEST accuracy: uses target labels, an upper bound only",
+                                  "epoch": best["epoch"], "target_test_acc": best["target_test_acc"]}
+        return out
 
     def on_fit_end(self) -> None:
         if self.select != "last" and self._best_state is not None:
@@ -193,6 +257,14 @@ class DomainAdaptation(BaseMethod):
         if self.select != "last" and self.selected_epoch is not None:
             self.log("test/selected_epoch", float(self.selected_epoch))
             self.log("test/selected_by_target", float(self.select == "best_target_oracle"))
+        bound = self.model_selection.get("upper_bound")
+        if bound is not None:
+            self.log("test/upper_bound_target_acc", bound["target_test_acc"])
+            self.log("test/upper_bound_epoch", float(bound["epoch"]))
+        if self.trainer.is_global_zero and self.selection_history:
+            import json
+
+            (self.run_dir() / "model_selection.json").write_text(json.dumps(self.model_selection, indent=1))
         gathered = {}
         for dom, parts in self._test_features.items():
             gathered[dom] = (gather_rows(self, torch.cat([f for f, _ in parts])).cpu().numpy(),
@@ -329,16 +401,25 @@ class DiscrepancyAdaptation(DomainAdaptation):
         out["logits"] = self.classifier(f)
         return out
 
-    def training_step(self, batch, batch_idx):
-        (xs, ys), xt = batch["source"], batch["target"]
-        x, n = torch.cat([xs, xt]), len(xs)
+    def adapted_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, the adapted layers' activations) of a stacked source + target batch, with the
+        `adapt_dropout` and `normalize` options applied to the adapted ones."""
         activations = self.activations(x)
-        loss_y = self.source_loss(activations["logits"][:n], ys)
+        logits = activations["logits"]
         if not self.adapt_dropout:
             with dropout_off(self):
                 activations = self.activations(x)
-        adapted = [F.normalize(activations[k], dim=1) if self.normalize else activations[k] for k in self.layers]
+        return logits, [F.normalize(activations[k], dim=1) if self.normalize else activations[k] for k in self.layers]
+
+    def adaptation_weight(self) -> float:
+        """`trade_off`, times DANN's lambda_p schedule with `ramp`."""
+        return self.trade_off * (adaptation_weight(self.progress) if self.ramp else 1.0)
+
+    def training_step(self, batch, batch_idx):
+        (xs, ys), xt = batch["source"], batch["target"]
+        x, n = torch.cat([xs, xt]), len(xs)
+        logits, adapted = self.adapted_activations(x)
+        loss_y = self.source_loss(logits[:n], ys)
         loss_d = sum(self.discrepancy(a[:n], a[n:]) for a in adapted)
-        weight = self.trade_off * (adaptation_weight(self.progress) if self.ramp else 1.0)
         self.log_train({"train/discrepancy": loss_d}, n, on_step=True)
-        return self.check_finite(loss_y + weight * loss_d)
+        return self.check_finite(loss_y + self.adaptation_weight() * loss_d)

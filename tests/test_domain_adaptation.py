@@ -56,7 +56,7 @@ def test_every_method_runs_and_reports_the_evaluation(method, tmp_path):
 
 def test_select_best_uses_the_source_validation_split(tmp_path):
     metrics = train_in_process(["model=dann", "data=digits_to_digits_m", *TINY, "model.tsne=false",
-                                "model.select=best", "trainer.max_epochs=2"], tmp_path)
+                                "model.select=best", "model.validator=source_acc", "trainer.max_epochs=2"], tmp_path)
     assert metrics["test/selected_epoch"] in (0.0, 1.0)
     assert metrics["test/selected_by_target"] == 0.0
     assert "val/source_acc" in metrics and "val/target_acc" in metrics

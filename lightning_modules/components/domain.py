@@ -9,11 +9,25 @@
 - `max_power_kernel_weights(h)`: DAN's kernel weights beta that maximise the test power of the
   linear-time statistic (DAN Sec. 3.3; Gretton et al. 2012, "Optimal kernel choice", Eq. 7).
 - `coral_loss(x, y)`: Deep CORAL (Sun & Saenko 2016, Eq. 1): ||C_S - C_T||_F^2 / (4 d^2).
+- `mk_mmd2(x, y, source_weights=alpha)`: WDAN's class-weighted MMD (Yan et al. 2017): the source mean
+  embedding weighted by alpha_{y_i} / sum alpha; `class_prior` and `class_weights` give
+  alpha_c = p_t(c) / p_s(c) from the source prior and the (estimated) target prior.
+- `multilinear_map(f, g)` and `RandomizedMultilinearMap`: CDAN's conditioning T(h) of the features f on the
+  predictions g (Long et al. 2018, Eq. 4 and Eq. 5); `entropy_weight(g)` = 1 + e^{-H(g)} (CDAN+E, Eq. 8);
+  `conditional_domain_loss`: the domain classifier's cross-entropy weighted per example (Eq. 8-9).
+- `mcc_loss(logits, T)`: minimum class confusion (Jin et al. 2020, Eq. 1-6).
+- `entropy(p)`: Shannon entropy of each row of a probability matrix.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
+
+from .contrastive import dist_ready, gather_with_grad, world
 
 
 class _GradReverse(torch.autograd.Function):
@@ -67,14 +81,22 @@ def kernel_stack(d2: torch.Tensor, bandwidth, kernel_mul: float, kernel_num: int
 
 
 def mk_mmd2(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, kernel_num: int = 5,
-            bandwidth: float | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+            bandwidth: float | None = None, weights: torch.Tensor | None = None,
+            source_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Biased estimate of MK-MMD^2 (DAN, Eq. 2): E k(xs,xs') + E k(xt,xt') - 2 E k(xs,xt).
 
     Exactly 0 when the two samples are identical; grows as the distributions move apart.
+    `source_weights` (one non-negative weight per source row, WDAN's alpha_{y_i}): the source mean
+    embedding becomes sum_i a_i phi(xs_i) with a = alpha / sum alpha, so
+    ||sum_i a_i phi(xs_i) - 1/N sum_j phi(xt_j)||^2 = a^T K_ss a + mean K_tt - 2 a^T K_st 1/N (Yan et al. 2017).
     """
     k = gaussian_kernels(x.flatten(1), y.flatten(1), kernel_mul, kernel_num, bandwidth, weights)
     n = len(x)
-    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+    if source_weights is None:
+        return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+    a = source_weights.to(k).flatten()
+    a = a / a.sum().clamp_min(1e-12)
+    return a @ k[:n, :n] @ a + k[n:, n:].mean() - 2 * (a @ k[:n, n:]).mean()
 
 
 def linear_time_terms(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, kernel_num: int = 5,
@@ -160,3 +182,110 @@ def domain_classifier(in_features: int, hidden: int = 500, depth: int = 2, out: 
         layers += [nn.Linear(width, hidden), nn.ReLU()]
         width = hidden
     return nn.Sequential(*layers, nn.Linear(width, out))
+
+
+# ------------------------------------------------------------------------------------------------
+# WDAN: class priors and weights (Yan et al., CVPR 2017)
+
+
+def class_prior(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """p(c) = (count of c + smoothing) / (N + C smoothing): the class prior of a label vector."""
+    counts = torch.bincount(labels.flatten().long(), minlength=num_classes).double() + smoothing
+    return (counts / counts.sum().clamp_min(1e-12)).float()
+
+
+def class_weights(source_prior: torch.Tensor, target_prior: torch.Tensor) -> torch.Tensor:
+    """WDAN's alpha_c = p_t(c) / p_s(c): source examples of a class rarer in the target count less in the
+    weighted MMD. A class absent from the source gets weight 0 (no source example carries it)."""
+    return torch.where(source_prior > 0, target_prior / source_prior.clamp_min(1e-12), torch.zeros_like(source_prior))
+
+
+# ------------------------------------------------------------------------------------------------
+# CDAN: conditional adversarial domain adaptation (Long et al., NeurIPS 2018)
+
+
+def entropy(p: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """H(p_i) = -sum_c p_ic log p_ic for each row of a probability matrix."""
+    return -(p * torch.log(p.clamp_min(eps))).sum(1)
+
+
+def entropy_weight(p: torch.Tensor) -> torch.Tensor:
+    """CDAN+E's w(H(g)) = 1 + e^{-H(g)} (Eq. 8): certain predictions weigh up to 2, uniform ones 1 + 1/C."""
+    return 1.0 + torch.exp(-entropy(p))
+
+
+def multilinear_map(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """T_tensor(f, g) = f (x) g (Eq. 4): each row's outer product g_i f_i^T, flattened to C x d_f values."""
+    return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)
+
+
+class RandomizedMultilinearMap(nn.Module):
+    """T_odot(f, g) = (R_f f) odot (R_g g) / sqrt(d) (Eq. 5): a d-dimensional approximation of f (x) g whose
+    inner products are unbiased estimates of the outer products' (Theorem 1). R_f, R_g are drawn once
+    from N(0, 1) and kept fixed (buffers: saved in checkpoints, identical on every DDP process)."""
+
+    def __init__(self, features: int, classes: int, dim: int = 1024):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("r_f", torch.randn(features, dim))
+        self.register_buffer("r_g", torch.randn(classes, dim))
+
+    def forward(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return (f @ self.r_f) * (g @ self.r_g) / math.sqrt(self.dim)
+
+
+def _global_sum(x: torch.Tensor) -> torch.Tensor:
+    """sum of `x` over every DDP process (no gradient); `x` itself in one process."""
+    if not dist_ready():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x
+
+
+def conditional_domain_loss(d_logits: torch.Tensor, is_target: torch.Tensor,
+                            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The domain classifier's loss of CDAN (Eq. 6), or CDAN+E's (Eq. 8) with `weights` = w(H(g)):
+
+        E = -sum_s w_i log D_i / sum_s w - sum_t w_j log(1 - D_j) / sum_t w, halved,
+
+    each domain's weights normalised by their sum over the *whole* batch, as the authors' code does
+    (weights 1: the mean binary cross-entropy of either domain, the plain CDAN loss for equal batches).
+    Under DDP the sums run over every process, and the local loss is scaled by the world size so that
+    DDP's mean of the gradients is the gradient of the global-batch loss. Weights carry no gradient.
+    """
+    d = is_target.to(d_logits.dtype)
+    w = torch.ones_like(d) if weights is None else weights.detach().to(d_logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(d_logits.float().flatten(), d.float(), reduction="none")
+    w_source = _global_sum((w * (1 - d)).sum()).clamp_min(1e-12)
+    w_target = _global_sum((w * d).sum()).clamp_min(1e-12)
+    per_domain = (w * (1 - d) * bce).sum() / w_source + (w * d * bce).sum() / w_target
+    return 0.5 * per_domain * world()[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# MCC: minimum class confusion (Jin et al., ECCV 2020)
+
+
+def mcc_loss(logits: torch.Tensor, temperature: float = 2.5, gather: bool = True) -> torch.Tensor:
+    """Minimum class confusion of a batch of target logits (Jin et al. 2020):
+
+        Y = softmax(Z / T)                                          (Eq. 1, probability rescaling)
+        W_ii = B (1 + e^{-H(Y_i.)}) / sum_i' (1 + e^{-H(Y_i'.)})      (Eq. 2-3, uncertainty reweighting)
+        C_jj' = Y_.j^T W Y_.j'                                        (Eq. 4, class correlation)
+        C~_jj' = C_jj' / sum_j'' C_jj''                               (Eq. 5, category normalisation)
+        L_MCC = 1/|C| sum_j sum_{j' != j} |C~_jj'|                    (Eq. 6)
+
+    The class confusion matrix is the paper's over the mini-batch B; under DDP (`gather`) B is the global
+    batch, gathered with its gradient, so every process computes the same loss, and DDP's mean gradient
+    equals that of one process holding the whole batch (tests/test_da_part2.py). The entropy weights
+    are constants (no gradient through them), as in the authors' code.
+    """
+    p = F.softmax(logits.float() / temperature, dim=1)
+    if gather:
+        p = gather_with_grad(p)
+    w = entropy_weight(p.detach())
+    w = len(p) * w / w.sum()
+    confusion = (p * w.unsqueeze(1)).T @ p
+    confusion = confusion / confusion.sum(1, keepdim=True).clamp_min(1e-12)
+    return (confusion.sum() - confusion.trace()) / p.shape[1]
