@@ -48,7 +48,7 @@ class FixMatch(SemiSupervisedMethod):
         try:
             self.strong = StrongAugment(**strong)
         except ValueError as err:
-            raise ConfigError(f"model.strong: {err}") from None
+            raise ConfigError(f"model.strong.{err}") from None
         if not 0 <= self.strong.cutout <= 1:
             raise ConfigError(f"model.strong.cutout={self.strong.cutout} must lie in [0, 1] (fraction of the side)")
 

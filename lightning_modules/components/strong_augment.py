@@ -189,7 +189,7 @@ class StrongAugment:
         self.ops = tuple(ops or RANGES)
         unknown = sorted(set(self.ops) - set(RANGES))
         if unknown:
-            raise ValueError(f"unknown strong-augmentation operations {unknown}; choices: {sorted(RANGES)}")
+            raise ValueError(f"ops: unknown strong-augmentation operations {unknown}; choices: {sorted(RANGES)}")
 
     def __call__(self, x: torch.Tensor, generator=None) -> torch.Tensor:
         u = ((x.float() + 1) / 2).clamp(0, 1)
