@@ -1,9 +1,9 @@
 """Supervised-only, Pseudo-Label, Mean Teacher and FixMatch with the same labels and the same steps;
 writes a table (mean ± sd over the seeds that finished) to benchmarks/results/semisup.md (appended).
 
-Rows: MNIST (../shared/data/mnist_test.npz, preset `experiment=semisup_mnist`: 8,000 training images,
-2,000 test, 500 steps of 32 labeled + 128 unlabeled images) with 100 and 1,000 labels (and 10 with
---labels), and `digits_m` with 100 labels on the same budget. label_seed = seed. Jobs run seed by seed,
+Rows: MNIST (../shared/data/mnist_test.npz split as `experiment=pseudolabel_mnist` does: 8,000 training
+images, 2,000 test, no val split) with 100 and 1,000 labels (and 10 with --labels), and `digits_m` with 100
+labels. Every run: 500 steps of 32 labeled + 128 unlabeled images (FixMatch: data.mu=4). label_seed = seed. Jobs run seed by seed,
 so a cut-short benchmark still has whole rows for the first seeds; finished runs are reused.
 
     nice -n 10 python benchmarks/semisup.py --seeds 0 1 2 --parallel 2
@@ -29,9 +29,12 @@ ARMS = {  # name -> overrides (same labels, steps, batches)
     "fixmatch": ["model=fixmatch"],
 }
 BUDGET = ["data.batch_size=32", "data.unlabeled_batch_size=128", "trainer.max_epochs=1000", "++trainer.max_steps=500"]
+MNIST = ["data=npz", "data.dataset.path=${paths.shared_data_dir}/mnist_test.npz", "data.val_fraction=0",
+         "data.test_fraction=0.2", "data.split_seed=0", "trainer.limit_val_batches=4"]
+FIXMATCH_MU = {"fixmatch": ["data.mu=4", "data.unlabeled_batch_size=null"]}  # 4 x 32 = 128 unlabeled per step
 ROWS = {  # name -> (overrides, per-arm extra)
-    "mnist": (["experiment=semisup_mnist"], {}),
-    "digits_m": (["data=digits_m", *BUDGET], {"fixmatch": ["data.mu=4", "data.unlabeled_batch_size=null"]}),
+    "mnist": ([*MNIST, *BUDGET], FIXMATCH_MU),
+    "digits_m": (["data=digits_m", *BUDGET], FIXMATCH_MU),
 }
 
 
