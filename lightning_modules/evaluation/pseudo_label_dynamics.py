@@ -4,7 +4,7 @@
   true (hidden) label;
 - circles: the labeled anchors, coloured by their label;
 - stars: a fixed sample of unlabeled images, coloured by the pseudo-label the network gives them at
-  that epoch; wrong ones have a red edge, those below the method's confidence threshold are faint.
+  that epoch; wrong ones are crossed (x), those below the method's confidence threshold are faint.
 
 At each epoch listed in `epochs` (0-based, after that epoch's training and validation; -1 = the last)
 the features of the predicting network (`evaluation_features`: Mean Teacher's teacher) are embedded
@@ -147,11 +147,9 @@ class PseudoLabelDynamics(pl.Callback):
                    label="labeled (circle)")
         wrong = m["pseudo"] != m["stars_y"]
         faint = ~m["accepted"]
-        for sel, alpha in ((~faint, 1.0), (faint, 0.35)):
-            ax.scatter(*m["stars"][sel & ~wrong].T, c=m["pseudo"][sel & ~wrong], s=30, marker="*", alpha=alpha,
-                       linewidths=0, **norm)
-            ax.scatter(*m["stars"][sel & wrong].T, c=m["pseudo"][sel & wrong], s=46, marker="*", alpha=alpha,
-                       edgecolors="red", linewidths=0.8, **norm)
+        for sel, alpha in ((faint, 0.35), (~faint, 1.0)):
+            ax.scatter(*m["stars"][sel].T, c=m["pseudo"][sel], s=40, marker="*", alpha=alpha, linewidths=0, **norm)
+            ax.scatter(*m["stars"][sel & wrong].T, c="black", s=10, marker="x", alpha=alpha, linewidths=0.7)
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_title(title, fontsize=9)
 
@@ -166,7 +164,7 @@ class PseudoLabelDynamics(pl.Callback):
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 6))
-        self.draw_panel(ax, m, self.title(epoch, m) + "\nbackground: true label; o labeled; * pseudo-label (red edge: wrong)")
+        self.draw_panel(ax, m, self.title(epoch, m) + "\nbackground: true label; o labeled; * pseudo-label (x: wrong)")
         path = out / "dynamics" / f"epoch_{epoch:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -188,7 +186,7 @@ class PseudoLabelDynamics(pl.Callback):
         for ax, epoch in zip(axes.flat, epochs):
             ax.axis("on")
             self.draw_panel(ax, self.maps[epoch], self.title(epoch, self.maps[epoch]))
-        fig.suptitle("t-SNE of features: background = true label, o = labeled, * = pseudo-label (red edge: wrong)")
+        fig.suptitle("t-SNE of features: background = true label, o = labeled, * = pseudo-label (x: wrong)")
         fig.tight_layout()
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
