@@ -234,14 +234,14 @@ def test_fixmatch_ddp_cpu_with_dynamics_plots(cli, tmp_path):
 
 
 # ---- learning: the unlabeled images help -------------------------------------------------------------------
-def _fit_digits(method, seed: int, epochs: int, **kw) -> tuple[float, float]:
+def _fit_digits(method, seed: int, epochs: int, data: dict, **kw) -> tuple[float, float]:
     """(accuracy on the unlabeled training images, on the test split) of the predicting network after
     training on `digits` with 2 labels per class."""
     import pytorch_lightning as pl
 
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = SemiSupervisedDataModule({"name": "digits"}, num_labels=20, label_seed=seed, image_size=28,
-                                  batch_size=20, unlabeled_batch_size=64)
+                                  batch_size=20, **data)
     model = method({"name": "lenet"}, 10, 1, optimizer=partial(torch.optim.Adam, lr=1e-3), **kw)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)

@@ -210,6 +210,7 @@ class PseudoLabelDynamics(pl.Callback):
             right = ax.twinx()
             right.plot(epochs, [np.nan if a is None else a for a in alphas], color="black", ls="--", label="alpha(t)")
             right.set_ylabel("alpha(t): weight of the unlabeled term")
+            right.set_ylim(0, 1.1 * max([a for a in alphas if a is not None] + [1e-3]))
             right.legend(loc="lower right")
         ax.legend(loc="lower left", fontsize=8)
         fig.tight_layout()
