@@ -254,3 +254,15 @@ def _fit_digits(method, seed: int, epochs: int, data: dict, **kw) -> tuple[float
         return torch.cat(hits).mean().item()
 
     return accuracy(dm.unlabeled), accuracy(dm.splits.test)
+
+
+def test_fixmatch_beats_supervised_only_on_digits_with_two_labels_per_class():
+    """FixMatch vs the same run with model.lambda_u=0 (same labels, weak views, steps): 20 labels, 15 epochs.
+    Measured (accuracy on the ~1,140 unlabeled training images / on the 359 test images, %):
+    seed 0: 79.3 / 79.7 vs 75.0 / 76.6; seed 1: 83.6 / 83.0 vs 75.9 / 75.2. Gains of 4.4 and 7.7 points on
+    the unlabeled images; the assertion asks for 2."""
+    data = {"mu": 3}
+    fixmatch_unlabeled, fixmatch_test = _fit_digits(FixMatch, 0, 15, data)
+    supervised_unlabeled, supervised_test = _fit_digits(FixMatch, 0, 15, data, lambda_u=0.0)
+    assert fixmatch_unlabeled >= supervised_unlabeled + 0.02, (fixmatch_unlabeled, supervised_unlabeled)
+    assert fixmatch_test > 0.7 and supervised_test > 0.6  # both learn; the test split is too small to rank them
