@@ -256,6 +256,7 @@ def _fit_digits(method, seed: int, epochs: int, data: dict, **kw) -> tuple[float
     return accuracy(dm.unlabeled), accuracy(dm.splits.test)
 
 
+@pytest.mark.slow
 def test_fixmatch_beats_supervised_only_on_digits_with_two_labels_per_class():
     """FixMatch vs the same run with model.lambda_u=0 (same labels, weak views, steps): 20 labels, 15 epochs.
     Measured (accuracy on the ~1,140 unlabeled training images / on the 359 test images, %):
