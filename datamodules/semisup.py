@@ -10,6 +10,11 @@ An epoch is one pass over the unlabeled part; the labeled part is cycled (Combin
 "max_size_cycle"), each with its own batch size. Validation loaders: [unlabeled with its hidden
 labels, val] (the val split is left out when it is empty, e.g. `val_fraction: 0`; the unlabeled one
 with `unlabeled_eval: false`, for methods that do not score pseudo-labels, e.g. distillation).
+
+`mu` (FixMatch's ratio of unlabeled to labeled batch size): the unlabeled batch is mu x batch_size;
+give it or `unlabeled_batch_size`, not both. `missing_classes` (e.g. [7]): those classes get no labeled
+example (the class-balanced draw is made as usual and their share moves to the unlabeled part), the
+seed's failure case of a class present only among the unlabeled images.
 """
 from __future__ import annotations
 
@@ -25,12 +30,20 @@ from .splits import class_balanced_subset
 
 class SemiSupervisedDataModule(BaseDataModule):
     def __init__(self, dataset: dict, num_labels: int = 100, label_seed: int = 0,
-                 unlabeled_batch_size: int | None = None, unlabeled_eval: bool = True, **loader_options):
+                 unlabeled_batch_size: int | None = None, unlabeled_eval: bool = True, mu: float | None = None,
+                 missing_classes: list[int] | None = None, **loader_options):
         super().__init__(**loader_options)
+        if mu is not None and unlabeled_batch_size is not None:
+            raise ConfigError(f"data.mu={mu} and data.unlabeled_batch_size={unlabeled_batch_size}: give one "
+                              f"(mu sets the unlabeled batch to mu x data.batch_size); set the other to null")
+        if mu is not None and mu <= 0:
+            raise ConfigError(f"data.mu={mu} must be > 0 (unlabeled batch = mu x data.batch_size)")
+        self.missing_classes = sorted(int(c) for c in (missing_classes or []))
         self.unlabeled_eval = bool(unlabeled_eval)
         self.dataset_spec = dict(dataset)
         self.num_labels, self.label_seed = int(num_labels), int(label_seed)
-        self.unlabeled_batch_size = unlabeled_batch_size or self.batch_size
+        self.unlabeled_batch_size = (max(1, round(mu * self.batch_size)) if mu is not None
+                                     else unlabeled_batch_size or self.batch_size)
         self.splits: Splits | None = None
         self.labeled = self.unlabeled = None
         self.labeled_idx = self.unlabeled_idx = None
@@ -47,10 +60,24 @@ class SemiSupervisedDataModule(BaseDataModule):
                 f"data.num_labels={self.num_labels} must be at least the number of classes ({n_classes}) and "
                 f"below the training set size ({len(labels)})"
             )
-        self.labeled_idx = class_balanced_subset(labels, self.num_labels, self.label_seed)
+        self.labeled_idx = self.without_missing_classes(
+            class_balanced_subset(labels, self.num_labels, self.label_seed), labels, n_classes)
         self.unlabeled_idx = np.setdiff1d(np.arange(len(labels)), self.labeled_idx)
         self.labeled = train.subset(self.labeled_idx)
         self.unlabeled = train.subset(self.unlabeled_idx)  # keeps its labels, only for evaluation
+
+    def without_missing_classes(self, labeled_idx: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+        """`labeled_idx` less the examples of `data.missing_classes` (checked against the dataset's classes)."""
+        if not self.missing_classes:
+            return labeled_idx
+        names = list(getattr(self.splits, "classes", None) or range(n_classes))
+        bad = [c for c in self.missing_classes if not 0 <= c < n_classes]
+        if bad:
+            raise ConfigError(f"data.missing_classes={self.missing_classes}: {bad} not a class of this dataset; "
+                              f"class indices are 0..{n_classes - 1} ({', '.join(map(str, names))})")
+        if len(self.missing_classes) >= n_classes:
+            raise ConfigError(f"data.missing_classes={self.missing_classes} leaves no labeled class")
+        return labeled_idx[~np.isin(labels[labeled_idx], self.missing_classes)]
 
     @property
     def unlabeled_labels(self):

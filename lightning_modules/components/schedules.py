@@ -36,3 +36,12 @@ class ProgressLR(LambdaLR):
             raise ValueError(f"ProgressLR needs total_steps >= 1, got {total_steps}")
         self.total_steps, self.alpha, self.beta = total_steps, alpha, beta
         super().__init__(optimizer, lambda step: annealed_lr_factor(progress(step, total_steps), alpha, beta))
+
+
+def sigmoid_rampup(p: float, length: float) -> float:
+    """Mean Teacher's ramp-up (Tarvainen & Valpola 2017, Sec. 3.2 / appendix, after Laine & Aila 2017):
+    exp(-5 (1 - T)^2) with T = p / length clipped to [0, 1]; 1 after the ramp (length 0: 1 from the start)."""
+    if length <= 0:
+        return 1.0
+    t = min(max(p / length, 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)

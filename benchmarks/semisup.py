@@ -1,0 +1,100 @@
+"""Supervised-only, Pseudo-Label, Mean Teacher and FixMatch with the same labels and the same steps;
+writes a table (mean ± sd over the seeds that finished) to benchmarks/results/semisup.md (appended).
+
+Rows: MNIST (../shared/data/mnist_test.npz split as `experiment=pseudolabel_mnist` does: 8,000 training
+images, 2,000 test, no val split) with 100 and 1,000 labels (and 10 with --labels), and `digits_m` with 100
+labels. Every run: 500 steps of 32 labeled + 128 unlabeled images (FixMatch: data.mu=4). label_seed = seed. Jobs run seed by seed,
+so a cut-short benchmark still has whole rows for the first seeds; finished runs are reused.
+
+    nice -n 10 python benchmarks/semisup.py --seeds 0 1 2 --parallel 2
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import datetime
+import os
+import statistics
+
+from benchmarks.run_many import ROOT, mean_sd, results_of, run_job
+
+ARMS = {  # name -> overrides (same labels, steps, batches)
+    "supervised_only": ["model=pseudolabel", "model.alpha_f=0"],
+    "pseudolabel": ["model=pseudolabel"],
+    "mean_teacher": ["model=mean_teacher"],
+    "fixmatch": ["model=fixmatch"],
+}
+BUDGET = ["data.batch_size=32", "data.unlabeled_batch_size=128", "trainer.max_epochs=1000", "++trainer.max_steps=500"]
+MNIST = ["data=npz", "data.dataset.path=${paths.shared_data_dir}/mnist_test.npz", "data.val_fraction=0",
+         "data.test_fraction=0.2", "data.split_seed=0", "trainer.limit_val_batches=4"]
+FIXMATCH_MU = {"fixmatch": ["data.mu=4", "data.unlabeled_batch_size=null"]}  # 4 x 32 = 128 unlabeled per step
+ROWS = {  # name -> (overrides, per-arm extra)
+    "mnist": ([*MNIST, *BUDGET], FIXMATCH_MU),
+    "digits_m": (["data=digits_m", *BUDGET], FIXMATCH_MU),
+}
+
+
+def jobs_for(rows: list[tuple[str, int]], seeds: list[int]) -> dict[str, list[str]]:
+    jobs = {}
+    for seed in seeds:
+        for row, labels in rows:
+            base, extra = ROWS[row]
+            for arm, overrides in ARMS.items():
+                jobs[f"{row}_n{labels}_{arm}_s{seed}"] = [*overrides, *base, *extra.get(arm, []), f"data.num_labels={labels}",
+                                                          f"data.label_seed={seed}", f"seed={seed}",
+                                                          "callbacks.model_checkpoint=null"]
+    return jobs
+
+
+def table(rows, seeds, out: Path) -> list[str]:
+    lines = ["| data | labels | seeds | " + " | ".join(f"{arm} test/acc %" for arm in ARMS) +
+             " | FixMatch mask rate (last epoch) | wall s per run (sup / PL / MT / FM) |",
+             "|---|---|---|" + "---|" * len(ARMS) + "---|---|"]
+    for row, labels in rows:
+        done = [s for s in seeds if all(results_of(out / f"{row}_n{labels}_{arm}_s{s}") for arm in ARMS)]
+        if not done:
+            continue
+        res = {arm: [results_of(out / f"{row}_n{labels}_{arm}_s{s}") for s in done] for arm in ARMS}
+        cells = [mean_sd([r["metrics"]["test/acc"] for r in res[arm]], 100, 2, each=len(done) > 1) for arm in ARMS]
+        mask = mean_sd([r["metrics"].get("train/accepted", float("nan")) for r in res["fixmatch"]], 1, 2)
+        wall = " / ".join(f"{statistics.mean(r['wall_time_s'] for r in res[arm]):.0f}" for arm in ARMS)
+        lines.append(f"| {row} | {labels} | {','.join(map(str, done))} | " + " | ".join(cells) + f" | {mask} | {wall} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--labels", type=int, nargs="+", default=[100, 1000], help="MNIST rows")
+    parser.add_argument("--digits-m", type=int, nargs="*", default=[100], help="digits_m rows")
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_semisup")
+    parser.add_argument("--table-only", action="store_true", help="write the table from the finished runs")
+    args = parser.parse_args()
+    rows = [("mnist", n) for n in args.labels] + [("digits_m", n) for n in args.digits_m]
+    if not args.table_only:
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = jobs_for(rows, args.seeds)
+        with ThreadPoolExecutor(args.parallel) as pool:  # in order: seed 0's rows first
+            for future in [pool.submit(run_job, overrides, args.out / name) for name, overrides in jobs.items()]:
+                try:
+                    future.result()
+                except RuntimeError as err:
+                    print(err, file=sys.stderr)
+    load = os.getloadavg()
+    lines = [f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on a 2-core CPU, no GPU, shared with other jobs "
+             f"(load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}), 1 thread per run, "
+             f"{args.parallel} runs at a time. Seeds: those whose four runs all finished.", "", *table(rows, args.seeds, args.out)]
+    path = ROOT / "benchmarks" / "results" / "semisup.md"
+    with path.open("a") as f:
+        f.write("\n".join(lines) + "\n\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
