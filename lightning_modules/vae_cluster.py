@@ -91,7 +91,8 @@ class Standardise(nn.Module):
 
 
 class VAECluster(BaseMethod):
-    def __init__(self, num_classes: int, in_chans: int, optimizer, scheduler=None, scheduler_interval: str = "epoch",
+    def __init__(self, num_classes: int, in_chans: int, image_size: int, optimizer, scheduler=None,
+                 scheduler_interval: str = "epoch",
                  encoders: list | None = None, vae: dict | None = None, clusterer: str = "kmeans",
                  num_clusters: int | None = None, fuzziness: float = 1.25, n_init: int = 5,
                  k_range: list[int] | None = None, grid_per_cluster: int = 10):
@@ -107,8 +108,12 @@ class VAECluster(BaseMethod):
         self.encoders = nn.ModuleList(build_encoder(spec, in_chans) for spec in specs)
         self.vae_options = dict(vae or {})
         self.beta_kl = self.vae_options.pop("beta", 1.0)  # weight of the KL term (1 = the VAE's ELBO)
-        self.vaes = nn.ModuleList()  # built once the feature sizes are known (configure_model / on_fit_start)
-        self.standardise = nn.ModuleList()
+        # one VAE (and its input standardisation) per encoder, sized by the encoder's output
+        with torch.no_grad():
+            probe = torch.zeros(1, in_chans, image_size, image_size)
+            self.feature_sizes = [int(encoder(probe).shape[1]) for encoder in self.encoders]
+        self.standardise = nn.ModuleList(Standardise(size) for size in self.feature_sizes)
+        self.vaes = nn.ModuleList(VectorVAE(size, **self.vae_options) for size in self.feature_sizes)
         self.num_classes, self.clusterer, self.fuzziness, self.n_init = num_classes, clusterer, fuzziness, n_init
         self.num_clusters = num_clusters or num_classes
         self.k_range, self.grid_per_cluster = k_range, grid_per_cluster
@@ -139,17 +144,6 @@ class VAECluster(BaseMethod):
         for name, dataset in (self._uncached or {}).items():
             setattr(self.trainer.datamodule.splits, name, dataset)
         self._uncached = None
-
-    def setup(self, stage: str) -> None:
-        """Build one VAE (and its input standardisation) per encoder, sized by the encoder's output on
-        one training image: before the optimizer is configured, and before a checkpoint is restored."""
-        if len(self.vaes):
-            return
-        x, _ = self.trainer.datamodule.splits.train[0]
-        self.feature_sizes = [int(encoder(x[None]).shape[1]) for encoder in self.encoders]
-        for size in self.feature_sizes:
-            self.standardise.append(Standardise(size))
-            self.vaes.append(VectorVAE(size, **self.vae_options))
 
     def blocks(self, features: torch.Tensor) -> list[torch.Tensor]:
         """The concatenated features split back into one block per encoder."""
