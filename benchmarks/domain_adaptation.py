@@ -53,7 +53,7 @@ def run_one(method: str, pair: str, seed: int, args, out_dir: Path) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import run as runner
+    import run
 
     run_dir = out_dir / f"{method}_{pair}_s{seed}"
     overrides = [
@@ -71,7 +71,7 @@ def run_one(method: str, pair: str, seed: int, args, out_dir: Path) -> dict:
     with open_dict(cfg):
         del cfg["hydra"]  # the run reads it through HydraConfig, as under @hydra.main
     started = time.time()
-    metrics, _ = runner.train(cfg)
+    metrics, _ = run.train(cfg)
     return {"method": method, "pair": pair, "seed": seed, "target_acc": 100 * metrics["test/target_acc"],
             "source_acc": 100 * metrics["test/source_acc"], "proxy_a_distance": metrics.get("test/proxy_a_distance"),
             "seconds": round(time.time() - started, 1), "steps": args.epochs * args.steps_per_epoch,

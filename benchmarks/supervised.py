@@ -33,7 +33,7 @@ def main() -> None:
     lines = [
         "# Supervised baseline (foundation checks)",
         "",
-        f"Command: `python benchmarks/supervised.py`  ",
+        "Command: `python benchmarks/supervised.py`  ",
         f"Machine: {platform.machine()} CPU, 2 cores, no GPU; date {datetime.date.today()}",
         "",
         "| run | overrides | test/acc | wall time incl. start-up (s) | fit+test (s) |",

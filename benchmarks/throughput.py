@@ -46,7 +46,8 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import run  # noqa: E402
+from runner import build  # noqa: E402
+from runner.results import machine  # noqa: E402
 from conftest import SHARED_DATA, compose  # noqa: E402  (compose conf/ exactly like `python run.py`)
 
 METHODS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
@@ -218,11 +219,11 @@ def run_project(method: str, run_dir: Path, batch: int, warmup: int, steps: int,
     cfg = method_config(method, run_dir, batch, warmup + steps + 1, extra, base)
     pl.seed_everything(0, workers=True)
     started = time.perf_counter()
-    datamodule = run.build_datamodule(cfg)
-    module = run.build_module(cfg, datamodule.data_info)
+    datamodule = build.build_datamodule(cfg)
+    module = build.build_module(cfg, datamodule.data_info)
     timer = StepTimer(warmup)
-    callbacks = run.build_all(cfg, "callbacks") + [timer]
-    trainer = run.build_trainer(cfg, callbacks, run.build_all(cfg, "logger"))
+    callbacks = build.build_all(cfg, "callbacks") + [timer]
+    trainer = build.build_trainer(cfg, callbacks, build.build_all(cfg, "logger"))
     trainer.fit(module, datamodule=datamodule)
     one_thread()  # Lightning may reset the thread count
     return {"images_per_s": timer.steady_rate(), "timed_steps": len(timer.ends) - warmup - 1,
@@ -403,8 +404,8 @@ def run_bare(method: str, cfg, batch: int, warmup: int, steps: int) -> dict:
     """The bare loop on the same composed config: same DataModule splits (read once into tensors) and
     a freshly built module with the same initialisation."""
     pl.seed_everything(0, workers=True)
-    datamodule = run.build_datamodule(cfg)
-    module = run.build_module(cfg, datamodule.data_info)
+    datamodule = build.build_datamodule(cfg)
+    module = build.build_module(cfg, datamodule.data_info)
     return {"images_per_s": time_steps(bare_step(method, module, datamodule, batch), warmup + 1, steps, batch)}
 
 
@@ -452,8 +453,8 @@ def bench_e2e(work: Path, max_epochs: int) -> dict:
     train_only = wall(*TRAIN_ONLY, run_dir=work / "e2e_train_only")
     cfg = compose(*overrides, run_dir=work / "e2e_bare")
     pl.seed_everything(0, workers=True)
-    datamodule = run.build_datamodule(cfg)
-    module = run.build_module(cfg, datamodule.data_info)
+    datamodule = build.build_datamodule(cfg)
+    module = build.build_module(cfg, datamodule.data_info)
     batch, steps = cfg.data.batch_size, cfg.data.steps_per_epoch * max_epochs
     step = bare_step("dann", module, datamodule, batch)
     started = time.perf_counter()
@@ -494,8 +495,8 @@ def bench_peers(batch: int, warmup: int, steps: int, repeats: int, work: Path) -
 
         cfg = method_config(method, work / f"peer_{method}", batch, 2)
         pl.seed_everything(0, workers=True)
-        datamodule = run.build_datamodule(cfg)
-        ours = run.build_module(cfg, datamodule.data_info)
+        datamodule = build.build_datamodule(cfg)
+        ours = build.build_module(cfg, datamodule.data_info)
         ours.train()
         gen = torch.Generator().manual_seed(1)
         x = datamodule.splits.train.images[:batch]
@@ -555,8 +556,8 @@ def bench_peers(batch: int, warmup: int, steps: int, repeats: int, work: Path) -
 
         cfg = method_config("ddpm", work / "peer_ddpm", batch, 2)
         pl.seed_everything(0, workers=True)
-        datamodule = run.build_datamodule(cfg)
-        ours = run.build_module(cfg, datamodule.data_info)
+        datamodule = build.build_datamodule(cfg)
+        ours = build.build_module(cfg, datamodule.data_info)
         ours.train()
         size = cfg.model.input.image_size
         # their U-Net at the width whose parameter count is closest to ours (same resolution, 16 px grey)
@@ -705,7 +706,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="throughput_"))
     if not (SHARED_DATA / "mnist_test.npz").is_file() and args.part in ("all", "methods", "e2e"):
         sys.exit(f"benchmarks/throughput.py needs the real data in {SHARED_DATA} (mnist_test.npz, usps_*.npz)")
-    results: dict = {"machine": run.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    results: dict = {"machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "date": time.strftime("%Y-%m-%d")}
     if args.part in ("all", "augment"):
         results["augment"] = bench_augment(args.batch)

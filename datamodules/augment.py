@@ -1,7 +1,8 @@
 """View augmentations for self-supervised learning (SimCLR, Chen et al. 2020, Appendix A; MoCo v2).
 
 One random view = random resized crop -> horizontal flip -> colour jitter (p) -> grayscale (p) ->
-Gaussian blur (p) -> invert (p, off by default), plus the 4-way rotation of Gidaris et al. (2018)
+Gaussian blur (p) -> invert (p, off by default) -> channel permutation (p, off by default), plus
+the 4-way rotation of Gidaris et al. (2018)
 for the rotation pretext.
 
 Two interchangeable paths, chosen by `augment.backend`:
@@ -35,6 +36,7 @@ from .errors import ConfigError, check_known_options
 
 BACKENDS = ("auto", "batched", "per_sample")
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
 
 @dataclass
@@ -55,11 +57,14 @@ class AugmentSpec:
     # |patch - digit|) a digit is dark on bright patches and bright on dark ones, and inversion keeps
     # that polarity from identifying a view. (On digits_m it hurt SimCLR and MoCo: ssl_textured.md.)
     invert_p: float = 0.0
+    # Random permutation of the RGB channels (one of the 5 non-identity orders). Colour is a shortcut
+    # when two views of one image share a tint that other images lack; jitter alone leaves much of it.
+    channel_perm_p: float = 0.0
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ConfigError(f"augment.backend={self.backend!r}; choices: {list(BACKENDS)}")
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "invert_p"):
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "invert_p", "channel_perm_p"):
             p = getattr(self, name)
             if p is not None and not 0.0 <= p <= 1.0:
                 raise ConfigError(f"augment.{name}={p} must lie in [0, 1]")
@@ -109,12 +114,23 @@ class ViewParams:
     blur: torch.Tensor  # bool
     sigma: torch.Tensor
     invert: torch.Tensor  # bool
+    perm: torch.Tensor  # int in [0, 6): index into CHANNEL_ORDERS, 0 = unchanged
 
     def __getitem__(self, i: int) -> dict:
         return {f.name: getattr(self, f.name)[i].item() for f in fields(self)}
 
     def __len__(self) -> int:
         return len(self.top)
+
+
+def _channel_orders(n, p, generator, device):
+    """Per image: 0 (channels unchanged) or, with probability p, one of the 5 other orders uniformly.
+    Drawn only when p > 0, so runs without permutation keep their random stream."""
+    if p <= 0:
+        return torch.zeros(n, dtype=torch.long, device=device)
+    permute = torch.rand(n, generator=generator, device=device) < p
+    other = torch.randint(1, len(CHANNEL_ORDERS), (n,), generator=generator, device=device)
+    return torch.where(permute, other, torch.zeros_like(other))
 
 
 def _uniform(n, low, high, generator, device):
@@ -183,6 +199,7 @@ class ViewAugmenter:
             sigma=_uniform(n, *s.blur_sigma, g, device),
             # drawn only when used, so that runs without inversion keep their random stream
             invert=bern(s.invert_p) if s.invert_p > 0 else torch.zeros(n, dtype=torch.bool, device=device),
+            perm=_channel_orders(n, s.channel_perm_p if colour else 0.0, g, device),
         )
 
     # ---- per-sample path: torchvision transforms v2 -------------------------------------------
@@ -204,7 +221,7 @@ class ViewAugmenter:
             x = TF.gaussian_blur(x, [self.spec.blur_kernel] * 2, [p["sigma"]] * 2)
         if p["invert"]:
             x = TF.invert(x)
-        return x
+        return x[list(CHANNEL_ORDERS[p["perm"]])] if p["perm"] else x
 
     def __call__(self, image: torch.Tensor, generator=None) -> torch.Tensor:
         """Per-sample transform: float image in [-1, 1] (a dataset item) -> one random view in [-1, 1]."""
@@ -225,7 +242,11 @@ class ViewAugmenter:
             x = torch.where(p.gray.view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
         if p.blur.any():
             x = torch.where(p.blur.view(-1, 1, 1, 1), gaussian_blur_batch(x, self.spec.blur_kernel, p.sigma), x)
-        return torch.where(p.invert.view(-1, 1, 1, 1), 1 - x, x)
+        x = torch.where(p.invert.view(-1, 1, 1, 1), 1 - x, x)
+        if p.perm.any():
+            order = torch.tensor(CHANNEL_ORDERS, device=x.device)[p.perm]  # (N, 3)
+            x = x.gather(1, order.view(-1, 3, 1, 1).expand_as(x))
+        return x
 
     def batch(self, images_uint8: torch.Tensor, generator=None) -> torch.Tensor:
         """uint8 (N, C, H, W) on any device -> one independent random view per image, float [-1, 1]."""

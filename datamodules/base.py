@@ -132,3 +132,27 @@ class BaseDataModule(pl.LightningDataModule):
     def data_info(self) -> dict:
         """num_classes, in_chans, image_size of the converted data (call after setup)."""
         raise NotImplementedError
+
+    # ---- the contract with methods: what a LightningModule may ask of its DataModule beyond the loaders
+    # Lightning calls (evaluations outside the loops, feature caches). Nothing else of a DataModule's insides.
+
+    def split(self, name: str, domain: str | None = None) -> Dataset:
+        """The `name` split (train | val | test) of the data, or of `domain` (source | target) of a pair."""
+        return getattr(self._splits(domain), name)
+
+    def replace_split(self, name: str, dataset: Dataset, domain: str | None = None) -> Dataset:
+        """Serve `dataset` as the `name` split from now on (e.g. its features computed once); returns the
+        split it replaces, to put back with another call."""
+        splits = self._splits(domain)
+        previous = getattr(splits, name)
+        setattr(splits, name, dataset)
+        return previous
+
+    def eval_loader(self, dataset: Dataset) -> DataLoader:
+        """`dataset` in order, at the evaluation batch size, without training augmentation."""
+        return self.loader(dataset, train=False)
+
+    def _splits(self, domain: str | None):
+        if domain is not None:
+            raise ConfigError(f"{type(self).__name__} holds one dataset; it has no domain {domain!r}")
+        return self.splits

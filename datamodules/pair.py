@@ -136,17 +136,26 @@ def only_classes(dataset: Dataset, keep: list[int]) -> Dataset:
     return dataset.subset(idx) if hasattr(dataset, "subset") else Subset(dataset, idx.tolist())
 
 
+DOMAIN_SCHEDULES = ("joint", "alternate")
+
+
 class PairDataModule(BaseDataModule):
     data_kind = "pair"
 
     def __init__(self, source: dict, target: dict, steps_per_epoch: int | None = None,
-                 train_target_labels: bool = False, target_classes: list | None = None, **loader_options):
+                 train_target_labels: bool = False, target_classes: list | None = None,
+                 domain_schedule: str = "joint", **loader_options):
         super().__init__(**loader_options)
         self.source_spec, self.target_spec = dict(source), dict(target)
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ConfigError(f"data.steps_per_epoch={steps_per_epoch} must be >= 1 (or null: the larger domain's batches)")
         self.steps_per_epoch = steps_per_epoch
         self.train_target_labels = train_target_labels
+        # the method's choice (its config sets data.domain_schedule): joint = both domains every step,
+        # alternate = a source batch, then a target batch (methods whose step uses one domain, e.g. DRCN)
+        if domain_schedule not in DOMAIN_SCHEDULES:
+            raise ConfigError(f"data.domain_schedule={domain_schedule!r}; choices: {list(DOMAIN_SCHEDULES)}")
+        self.domain_schedule = domain_schedule
         if target_classes is not None and (isinstance(target_classes, (str, int)) or not list(target_classes)):
             raise ConfigError(f"data.target_classes={target_classes!r}: give a non-empty list of source class "
                               f"indices or names (e.g. data.target_classes=[0,1,2,3,4]), or null for all")
@@ -187,6 +196,11 @@ class PairDataModule(BaseDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, pin_memory=self.pin_memory,
                           drop_last=len(dataset) // world > self.batch_size, **self.worker_options(dataset))
 
+    def _splits(self, domain: str | None):
+        if domain not in ("source", "target"):
+            raise ConfigError(f"a domain pair has domains 'source' and 'target', not {domain!r}")
+        return self.source if domain == "source" else self.target
+
     def train_steps_per_epoch(self, world_size: int = 1) -> int:
         """`steps_per_epoch`, or the batches of the larger domain (per process under DDP)."""
         if self.steps_per_epoch is not None:
@@ -198,10 +212,8 @@ class PairDataModule(BaseDataModule):
         target = self.target.train if self.train_target_labels else ImagesOnly(self.target.train)
         trainer = getattr(self, "trainer", None)
         steps = self.train_steps_per_epoch(trainer.world_size if trainer is not None else 1)
-        # a method declares `alternates_domains = True` when each step uses only one domain's batch
-        alternate = bool(getattr(getattr(trainer, "lightning_module", None), "alternates_domains", False))
         return EndlessPairLoader(self._endless_loader(self.source.train), self._endless_loader(target), steps,
-                                 alternate=alternate)
+                                 alternate=self.domain_schedule == "alternate")
 
     def val_dataloader(self):
         return [self.loader(self.target.val, train=False), self.loader(self.source.val, train=False)]

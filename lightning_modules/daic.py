@@ -25,8 +25,7 @@ from datamodules.errors import ConfigError
 from .base import BaseMethod
 from .components.backbones import create_backbone
 from .components.cluster_metrics import cluster_scores
-from .components.contrastive import gather_with_grad
-from .components.kmeans import gather_rows
+from .components.distributed import gather_rows, gather_with_grad
 from .components.pairwise_clustering import daic_loss, label_features, lambda_at, thresholds
 from .evaluation.clusters import log_cluster_pictures
 

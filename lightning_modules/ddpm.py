@@ -25,8 +25,10 @@ from datamodules.splits import stratified_subset
 from .base import BaseMethod
 from .components.diffusion import GaussianDiffusion, ddim_timesteps
 from .components.ema import ema_update, frozen_copy, warmup_momentum
+from .components.modes import eval_mode
 from .components.unet import UNet
 from .evaluation.fid import cached_classifier, class_histogram, frechet_distance, quantize
+from .evaluation.images import log_image
 
 log = logging.getLogger("transferlab")
 SAMPLERS = ("ancestral", "ddim")
@@ -108,7 +110,7 @@ class DDPM(BaseMethod):
         if every and ((self.current_epoch + 1) % every == 0 or last) and self.trainer.is_global_zero:
             images = self.generate(self.grid["num_images"], seed=self.seed)  # fixed noise: same seed every time
             grid = save_grid(images, self.run_dir / "samples" / f"epoch_{self.current_epoch + 1:03d}.png")
-            self._log_image("samples/ema", grid)
+            log_image(self, "samples/ema", grid)  # plots/samples_ema.png (the latest) and the image loggers
 
     # -- sampling -----------------------------------------------------------------------------------
 
@@ -121,28 +123,18 @@ class DDPM(BaseMethod):
         """n samples from the EMA model, x_T drawn from a generator seeded with `seed`; [-1, 1] floats (CPU)."""
         method = method or self.sampling["method"]
         generator = torch.Generator(self.device).manual_seed(seed)
-        was_training = self.ema.training
-        self.ema.eval()
         out = []
-        for start in range(0, n, self.sampling["batch_size"]):
-            m = min(self.sampling["batch_size"], n - start)
-            x_T = torch.randn((m, *self.shape), device=self.device, generator=generator)
-            if method == "ancestral":
-                x = self.diffusion.sample(self.ema, x_T, generator=generator)
-            else:
-                x = self.diffusion.ddim_sample(self.ema, x_T, self.sampling["ddim_steps"], self.sampling["eta"], generator,
-                                               self.sampling["spacing"])
-            out.append(x.clamp(-1, 1).cpu())
-        self.ema.train(was_training)
+        with eval_mode(self.ema):
+            for start in range(0, n, self.sampling["batch_size"]):
+                m = min(self.sampling["batch_size"], n - start)
+                x_T = torch.randn((m, *self.shape), device=self.device, generator=generator)
+                if method == "ancestral":
+                    x = self.diffusion.sample(self.ema, x_T, generator=generator)
+                else:
+                    x = self.diffusion.ddim_sample(self.ema, x_T, self.sampling["ddim_steps"], self.sampling["eta"],
+                                                   generator, self.sampling["spacing"])
+                out.append(x.clamp(-1, 1).cpu())
         return torch.cat(out)
-
-    def _log_image(self, tag: str, grid: torch.Tensor) -> None:
-        for logger in self.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(logger, "log_image"):  # wandb
-                logger.log_image(key=tag, images=[grid], step=self.global_step)
-            elif hasattr(experiment, "add_image"):  # tensorboard
-                experiment.add_image(tag, grid, self.global_step)
 
     # -- test: samples and FID -------------------------------------------------------------------------
 
@@ -171,7 +163,7 @@ class DDPM(BaseMethod):
         dm = self.trainer.datamodule
         key = {"dataset": getattr(dm, "dataset_spec", None), "shape": list(self.shape),
                **{k: getattr(dm, k, None) for k in ("split_seed", "val_fraction", "test_fraction")}}
-        return cached_classifier(self.evaluation["cache_dir"], key, dm.splits.train, dm.splits.test, self.shape[0],
+        return cached_classifier(self.evaluation["cache_dir"], key, dm.split("train"), dm.split("test"), self.shape[0],
                                  self.num_classes, **self.evaluation["classifier"])
 
     def evaluate(self, real: torch.Tensor) -> dict:
@@ -207,7 +199,7 @@ class DDPM(BaseMethod):
         generator = torch.Generator().manual_seed(self.seed + 2)
         noise = torch.randn((n, *self.shape), generator=generator).clamp(-1, 1)
         out["fid_noise"] = frechet_distance(classifier.embed(noise)[0], real_feats)
-        train = self.trainer.datamodule.splits.train
+        train = self.trainer.datamodule.split("train")
         idx = stratified_subset(train.labels, n, self.seed + 2).tolist()  # every class in its share
         reference = torch.stack([train[j][0] for j in idx])
         out["fid_real"] = frechet_distance(classifier.embed(reference)[0], real_feats)

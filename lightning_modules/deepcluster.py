@@ -31,7 +31,9 @@ from torch import nn
 from datamodules.errors import ConfigError
 
 from .components.cluster_metrics import cluster_scores
-from .components.kmeans import distributed_kmeans, gather_rows
+from .components.distributed import gather_rows
+from .components.kmeans import distributed_kmeans
+from .components.modes import eval_mode
 from .components.pca import preprocess_features
 from .evaluation.clusters import cluster_sizes_figure
 from .ssl_base import SSLMethod
@@ -111,11 +113,9 @@ class DeepCluster(SSLMethod):
         if not hasattr(datamodule, "cluster_dataloader"):
             raise ConfigError("DeepCluster needs datamodules.clustering.ClusteringDataModule (model.datamodule)")
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        was_training = self.training
-        self.eval()
-        feats = [self.features(x.to(self.device)).float() for x, _ in datamodule.cluster_dataloader(rank, world)]
-        self.train(was_training)
-        n = len(datamodule.splits.train)
+        with eval_mode(self):
+            feats = [self.features(x.to(self.device)).float() for x, _ in datamodule.cluster_dataloader(rank, world)]
+        n = len(datamodule.split("train"))
         return torch.cat(feats), torch.arange(rank, n, world, device=self.device)
 
     @torch.no_grad()

@@ -32,6 +32,7 @@ from .base import ClassificationMetrics
 from .components.backbones import check_backbone_name, create_backbone
 from .components.distillation import hint_loss, kd_loss, rkd_angle_loss, rkd_distance_loss
 from .components.encoder_io import check_state_fits, pretrained_file_errors, pretrained_overlay, read_checkpoint
+from .components.modes import eval_mode
 from .components.pretrained import attach_input_norm, normalization_for
 from .finetune import stage_output_modules
 from .supervised import Supervised
@@ -172,12 +173,9 @@ class Distill(Supervised):
         teacher_layer = hint.get("teacher_layer") or middle_stage(self.teacher.backbone)
         self._guided = _output_of(self.backbone, student_layer, "model.hint.student_layer")
         self._hinted = _output_of(self.teacher.backbone, teacher_layer, "model.hint.teacher_layer")
-        was_training = self.backbone.training
-        self.backbone.eval()
-        with torch.no_grad():
+        with eval_mode(self.backbone), torch.no_grad():
             x = torch.zeros(2, in_chans, image_size, image_size)
             self.backbone(x), self.teacher(x)
-        self.backbone.train(was_training)
         self.regressor = hint_regressor(self._guided["out"].shape, self._hinted["out"].shape)
 
     def train(self, mode: bool = True):

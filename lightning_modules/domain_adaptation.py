@@ -31,7 +31,6 @@ Evaluation (test):
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from pathlib import Path
 
@@ -46,22 +45,13 @@ from datamodules.splits import stratified_subset
 
 from .base import BaseMethod
 from .components.backbones import create_backbone
+from .components.distributed import gather_rows
+from .components.modes import dropout_off, eval_mode
 from .components.schedules import adaptation_weight
 from .evaluation.validators import VALIDATORS, validator_scores
 
 SELECT_CHOICES = ("last", "best", "best_target_oracle")
 DOMAINS = ("target", "source")  # dataloader_idx 0 and 1 of the pair's val/test loaders
-
-
-def gather_rows(module, x: torch.Tensor) -> torch.Tensor:
-    """All processes' rows of `x` (different counts allowed); `x` itself without DDP."""
-    if module.trainer is None or module.trainer.world_size == 1:
-        return x
-    counts = module.all_gather(torch.tensor(len(x), device=x.device)).flatten()
-    padded = x.new_zeros((int(counts.max()), *x.shape[1:]))
-    padded[: len(x)] = x
-    rows = module.all_gather(padded)
-    return torch.cat([rows[i, : int(n)] for i, n in enumerate(counts)])
 
 
 def domain_separability(source: np.ndarray, target: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -184,7 +174,7 @@ class DomainAdaptation(BaseMethod):
     def score_validators(self, source_acc: float, outputs: dict[str, list]) -> dict[str, float]:
         """Every validator on the validation outputs of all processes (gathered, so all agree)."""
         def rows(dom, i):
-            return gather_rows(self, torch.cat([part[i] for part in outputs[dom]])).cpu()
+            return gather_rows(torch.cat([part[i] for part in outputs[dom]])).cpu()
 
         return validator_scores(source_acc, rows("source", 0), rows("source", 1), rows("source", 2),
                                 rows("target", 0), rows("target", 1))
@@ -193,10 +183,10 @@ class DomainAdaptation(BaseMethod):
     def target_test_accuracy(self) -> float:
         """Accuracy on the whole labeled target test split (the upper-bound record; each process reads it all)."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "target"):
+        if datamodule is None:
             return float("nan")
         correct = total = 0
-        for x, y in datamodule.loader(datamodule.target.test, train=False):
+        for x, y in datamodule.eval_loader(datamodule.split("test", "target")):
             pred = self.predict(x.to(self.device), "target").argmax(1).cpu()
             correct += int((pred == y).sum())
             total += len(y)
@@ -267,8 +257,8 @@ class DomainAdaptation(BaseMethod):
             (self.run_dir() / "model_selection.json").write_text(json.dumps(self.model_selection, indent=1))
         gathered = {}
         for dom, parts in self._test_features.items():
-            gathered[dom] = (gather_rows(self, torch.cat([f for f, _ in parts])).cpu().numpy(),
-                             gather_rows(self, torch.cat([y for _, y in parts])).cpu().numpy())
+            gathered[dom] = (gather_rows(torch.cat([f for f, _ in parts])).cpu().numpy(),
+                             gather_rows(torch.cat([y for _, y in parts])).cpu().numpy())
         if len(gathered) == 2:
             acc, pad = domain_separability(gathered["source"][0], gathered["target"][0])
             self.log("test/domain_acc", acc)
@@ -293,19 +283,18 @@ class DomainAdaptation(BaseMethod):
         """Features of `tsne_points` test images per domain (a stratified subset of the whole split), each
         domain with its encoder."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "target"):
+        if datamodule is None:
             return {}
-        was_training = self.training
-        self.eval()
         out = {}
-        for dom, splits in (("source", datamodule.source), ("target", datamodule.target)):
-            test = splits.test.subset(stratified_subset(splits.test.labels, self.tsne_points))
-            feats, labels = [], []
-            for x, y in datamodule.loader(test, train=False):
-                feats.append(encoders[dom](x.to(self.device)).float().cpu())
-                labels.append(y)
-            out[dom] = (torch.cat(feats).numpy(), torch.cat(labels).numpy())
-        self.train(was_training)
+        with eval_mode(self):
+            for dom in ("source", "target"):
+                split = datamodule.split("test", dom)
+                test = split.subset(stratified_subset(split.labels, self.tsne_points))
+                feats, labels = [], []
+                for x, y in datamodule.eval_loader(test):
+                    feats.append(encoders[dom](x.to(self.device)).float().cpu())
+                    labels.append(y)
+                out[dom] = (torch.cat(feats).numpy(), torch.cat(labels).numpy())
         return out
 
     def plot_features(self, when: str, encoders: dict[str, nn.Module] | None = None) -> None:
@@ -329,19 +318,6 @@ class DomainAdaptation(BaseMethod):
         save_tsne_plot_in_background(
             feats, labels, self.run_dir() / "plots" / f"tsne_{when}.png", domains=domains,
             title=f"{type(self).__name__}, {when} adaptation: colour = class, o source, x target")
-
-
-@contextlib.contextmanager
-def dropout_off(module: nn.Module):
-    """Dropout layers of `module` in eval mode inside the block (the activations the test sees)."""
-    dropouts = [m for m in module.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
-    for m in dropouts:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m in dropouts:
-            m.train()
 
 
 class DiscrepancyAdaptation(DomainAdaptation):

@@ -60,14 +60,9 @@ class DRCN(DomainAdaptation):
         if not 0.0 <= denoise < 1.0:
             raise ConfigError(f"model.denoise={denoise} (fraction of target pixels corrupted) must lie in [0, 1)")
         self.trade_off, self.schedule, self.denoise = trade_off, schedule, denoise
-        self.alternates_domains = schedule == "alternate"
         self.decoder = Decoder(self.backbone.num_features, in_chans, image_size, decoder_width)
         self._idle: str | None = None  # the part a step leaves out, by name (a module attribute would be
                                        # registered as a submodule and land in the checkpoint twice)
-
-    # the pair loader then serves {"source": ...} and {"target": ...} in turn (Algorithm 1's alternation);
-    # `schedule: joint` sets it False on the instance
-    alternates_domains = True
 
     def training_step(self, batch, batch_idx):
         if self.schedule == "joint":

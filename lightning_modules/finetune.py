@@ -32,7 +32,7 @@ from timm.models import group_parameters
 from torch import nn
 from datamodules.errors import ConfigError
 
-from .components.feature_cache import compute_features
+from .components.feature_cache import CachedSplits
 from .supervised import Supervised
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Finetune(Supervised):
         super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, scheduler_interval)
         self.strategy, self.backbone_lr_mult = strategy, float(backbone_lr_mult)
         self.cache_features = bool(cache_features) and strategy == "linear"
-        self._uncached: dict | None = None  # the datamodule's splits while cached features stand in for them
+        self.cached_splits = CachedSplits()  # train and val as features, while the head trains (linear)
         self.stages = backbone_stages(self.backbone)
         self.trainable_stages = self._check_trainable_stages(trainable_stages)
         trainable = {name for names in self.stages[len(self.stages) - self.trainable_stages:] for name in names}
@@ -150,24 +150,17 @@ class Finetune(Supervised):
         """Swap the datamodule's train and val splits for their cached features, where that is exact:
         `linear` (frozen backbone, eval mode) and no training augmentation."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        splits = getattr(datamodule, "splits", None)
-        if not self.cache_features or splits is None:
+        if not self.cache_features or datamodule is None:
             return
         if getattr(datamodule, "train_augment", None) is not None:
             log.info("model.cache_features: off, the training images are augmented (each epoch differs)")
             return
-        self._uncached = {"train": splits.train, "val": splits.val}
-        batch = datamodule.eval_batch_size
-        for split, dataset in self._uncached.items():
-            setattr(splits, split, compute_features(self.backbone, dataset, batch, self.device, self.use_channels_last))
+        self.cached_splits.swap(datamodule, ("train", "val"), self.backbone, self.device, self.use_channels_last)
         log.info("model.strategy=linear: the head trains on features computed once (%d train, %d val images)",
-                 len(splits.train), len(splits.val))
+                 len(datamodule.split("train")), len(datamodule.split("val")))
 
     def on_fit_end(self) -> None:
-        if self._uncached is not None:
-            for split, dataset in self._uncached.items():
-                setattr(self.trainer.datamodule.splits, split, dataset)
-            self._uncached = None
+        self.cached_splits.restore(self.trainer.datamodule)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Cached features are (N, D) vectors and go to the head directly; images are (N, C, H, W).

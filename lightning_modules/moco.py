@@ -30,7 +30,8 @@ from torch import nn
 
 from datamodules.errors import ConfigError
 
-from .components.contrastive import concat_all_gather, info_nce, world
+from .components.contrastive import info_nce
+from .components.distributed import gather_rows, world
 from .components.ema import ema_update, frozen_copy
 from .components.heads import ProjectionMLP
 from .ssl_base import SSLMethod
@@ -110,17 +111,17 @@ class MoCo(SSLMethod):
             k = torch.cat([self._key_encoder(c) for c in x[perm].chunk(self.bn_splits)])
             return k[torch.argsort(perm)]
         # shuffle-BN across processes (MoCo's _batch_shuffle_ddp / _batch_unshuffle_ddp)
-        x_all = concat_all_gather(x)
+        x_all = gather_rows(x)
         perm = torch.randperm(len(x_all), device=x.device)
         dist.broadcast(perm, src=0)
-        k_all = concat_all_gather(self._key_encoder(x_all[perm.view(world_size, -1)[rank]]))
+        k_all = gather_rows(self._key_encoder(x_all[perm.view(world_size, -1)[rank]]))
         return k_all[torch.argsort(perm).view(world_size, -1)[rank]]
 
     # ---- queue ---------------------------------------------------------------------------------
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """FIFO: the keys of all processes (rank order) replace the oldest entries."""
-        keys = concat_all_gather(F.normalize(keys.detach().float(), dim=1))
+        keys = gather_rows(F.normalize(keys.detach().float(), dim=1))
         size = len(self.queue)
         idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % size
         self.queue[idx] = keys.to(self.queue.dtype)

@@ -34,9 +34,10 @@ from .base import BaseMethod
 from .components.backbones import create_backbone
 from .components.cluster_metrics import cluster_scores, k_selection
 from .components.encoder_io import read_backbone_state
-from .components.feature_cache import FeatureDataset, compute_features
+from .components.feature_cache import CachedSplits
 from .components.fuzzy_cmeans import fuzzy_cmeans
-from .components.kmeans import distributed_kmeans, gather_rows
+from .components.distributed import gather_rows
+from .components.kmeans import distributed_kmeans
 from .components.vae import VectorVAE
 from .evaluation.clusters import k_selection_figure, log_cluster_pictures, memberships_figure
 from .evaluation.images import log_image
@@ -117,7 +118,7 @@ class VAECluster(BaseMethod):
         self.num_classes, self.clusterer, self.fuzziness, self.n_init = num_classes, clusterer, fuzziness, n_init
         self.num_clusters = num_clusters or num_classes
         self.k_range, self.grid_per_cluster = k_range, grid_per_cluster
-        self._uncached: dict | None = None
+        self.cached_splits = CachedSplits()  # train and val as encoder features while the VAEs train
         self._latents: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # ---- 1. frozen features, computed once -----------------------------------------------------
@@ -130,33 +131,19 @@ class VAECluster(BaseMethod):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([encoder(x).float() for encoder in self.encoders], dim=1)
 
-    def _cache(self, datamodule, split_names: tuple[str, ...]) -> None:
-        splits = datamodule.splits
-        self._uncached = self._uncached or {}
-        for name in split_names:
-            dataset = getattr(splits, name)
-            if isinstance(dataset, FeatureDataset) or dataset is None:
-                continue
-            self._uncached[name] = dataset
-            setattr(splits, name, compute_features(self.encode, dataset, datamodule.eval_batch_size, self.device))
-
-    def _restore(self) -> None:
-        for name, dataset in (self._uncached or {}).items():
-            setattr(self.trainer.datamodule.splits, name, dataset)
-        self._uncached = None
-
     def blocks(self, features: torch.Tensor) -> list[torch.Tensor]:
         """The concatenated features split back into one block per encoder."""
         return list(features.split(self.feature_sizes, dim=1))
 
     def on_fit_start(self) -> None:
-        self._cache(self.trainer.datamodule, ("train", "val"))
-        for block, standardise in zip(self.blocks(self.trainer.datamodule.splits.train.features.to(self.device)),
+        datamodule = self.trainer.datamodule
+        self.cached_splits.swap(datamodule, ("train", "val"), self.encode, self.device)
+        for block, standardise in zip(self.blocks(datamodule.split("train").features.to(self.device)),
                                       self.standardise):
             standardise.fit(block)
 
     def on_fit_end(self) -> None:
-        self._restore()
+        self.cached_splits.restore(self.trainer.datamodule)
 
     def parameter_groups(self):
         return [{"params": list(self.vaes.parameters())}]

@@ -298,8 +298,8 @@ def test_wandb_goes_offline_at_once_without_a_network(tmp_path, monkeypatch):
     import socket
     import time
 
-    import run
     from conftest import compose
+    from runner.wandb_run import prepare_wandb
 
     def unreachable(address, timeout=None, *args, **kwargs):
         assert timeout is not None and timeout <= 5  # never wandb's two-minute wait
@@ -309,7 +309,7 @@ def test_wandb_goes_offline_at_once_without_a_network(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", unreachable)
     cfg = compose("logger=wandb", run_dir=tmp_path)
     started = time.monotonic()
-    run.prepare_wandb(cfg)
+    prepare_wandb(cfg)
     assert cfg.logger.wandb.offline is True and time.monotonic() - started < 5
 
     class Open:
@@ -318,7 +318,7 @@ def test_wandb_goes_offline_at_once_without_a_network(tmp_path, monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Open())
     cfg = compose("logger=wandb", run_dir=tmp_path)
-    run.prepare_wandb(cfg)
+    prepare_wandb(cfg)
     assert cfg.logger.wandb.offline is False  # reachable: online as asked
 
 

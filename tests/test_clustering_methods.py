@@ -131,7 +131,7 @@ def _daic_worker(rank, port, out_path):
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
     try:
-        from lightning_modules.components.contrastive import gather_with_grad
+        from lightning_modules.components.distributed import gather_with_grad
 
         torch.manual_seed(0)
         layer, x = torch.nn.Linear(6, 4), torch.randn(8, 6)

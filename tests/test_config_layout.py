@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import run
+from runner.build import datamodule_options
 from conftest import CONF_DIR, compose, run_cli
 from datamodules.errors import ConfigError
 
@@ -72,16 +73,16 @@ def test_method_file_states_only_the_lr_it_needs_over_the_group():
 
 def test_datamodule_options_live_under_data():
     cfg = compose("model=pseudolabel", "data=digits", "data.num_labels=1000", "data.unlabeled_batch_size=64")
-    options = run.datamodule_options(cfg)
+    options = datamodule_options(cfg)
     assert options["num_labels"] == 1000 and options["unlabeled_batch_size"] == 64
     cfg = compose("model=simclr", "data.augment.flip_p=0", "data.n_views=2")
-    assert run.datamodule_options(cfg)["augment"]["flip_p"] == 0
+    assert datamodule_options(cfg)["augment"]["flip_p"] == 0
 
 
 def test_an_option_of_another_batch_shape_is_an_error_naming_the_valid_ones():
     cfg = compose("model=supervised", "+data.n_views=2")
     with pytest.raises(ConfigError, match=r"data.n_views is not an option of model=supervised .*num_labels"):
-        run.datamodule_options(cfg)
+        datamodule_options(cfg)
 
 
 def test_schedules_are_fractions_of_the_run():
@@ -104,13 +105,13 @@ def test_the_backbone_declared_input_size_applies_to_pairs_of_other_sizes(tmp_pa
     src, tgt = write_npz(tmp_path / "s.npz", 16), write_npz(tmp_path / "t.npz", 20)
     cfg = compose("model=dann", "data=pair", "data.source.name=npz", f"+data.source.path={src}",
                   "data.target.name=npz", f"+data.target.path={tgt}")
-    assert cfg.data.image_size is None and run.datamodule_options(cfg)["image_size"] == 28
+    assert cfg.data.image_size is None and datamodule_options(cfg)["image_size"] == 28
     cfg = compose("model=dann", "model.backbone.name=small_cnn", "data=pair", "data.source.name=npz",
                   f"+data.source.path={src}", "data.target.name=npz", f"+data.target.path={tgt}")
-    assert run.datamodule_options(cfg)["image_size"] is None  # small_cnn takes any size: native
+    assert datamodule_options(cfg)["image_size"] is None  # small_cnn takes any size: native
     cfg = compose("model=dann", "data=pair", "data.image_size=32", "data.source.name=npz",
                   f"+data.source.path={src}", "data.target.name=npz", f"+data.target.path={tgt}")
-    assert run.datamodule_options(cfg)["image_size"] == 32  # the user's choice wins
+    assert datamodule_options(cfg)["image_size"] == 32  # the user's choice wins
 
 
 @pytest.mark.parametrize("old,new", [

@@ -24,7 +24,7 @@ TINY = ["debug=smoke", "callbacks=none", "data.batch_size=16", "data.eval_batch_
 
 def train_in_process(overrides: list[str], run_dir: Path) -> dict:
     """`python run.py OVERRIDES` in this process (what benchmarks/domain_adaptation.py does)."""
-    import run as runner
+    import run
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
@@ -33,7 +33,7 @@ def train_in_process(overrides: list[str], run_dir: Path) -> dict:
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]  # the run reads it through HydraConfig, as under @hydra.main
-    metrics, _ = runner.train(cfg)
+    metrics, _ = run.train(cfg)
     return metrics
 
 

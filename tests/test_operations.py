@@ -133,7 +133,7 @@ def test_slurm_launcher_config_follows_the_trainer():
 
 
 def test_on_slurm_lightning_requeues_on_the_signal_submitit_sends(monkeypatch):
-    import run
+    from runner.slurm import cluster_plugins
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
     for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7",
@@ -141,13 +141,13 @@ def test_on_slurm_lightning_requeues_on_the_signal_submitit_sends(monkeypatch):
         monkeypatch.setenv(key, value)
     previous = signal.signal(signal.SIGUSR2, lambda *_: None)  # stands in for submitit's handler
     try:
-        (env,) = run.cluster_plugins(OmegaConf.create({"auto_requeue": True}))
+        (env,) = cluster_plugins(OmegaConf.create({"auto_requeue": True}))
         assert isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal == signal.SIGUSR2
         assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL  # free for Lightning's handler
     finally:
         signal.signal(signal.SIGUSR2, previous)
     monkeypatch.delenv("SLURM_NTASKS")
-    assert run.cluster_plugins(OmegaConf.create({})) == []
+    assert cluster_plugins(OmegaConf.create({})) == []
 
 
 # -- fault tolerance ----------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.parametrize("step", [6, 4])  # mid epoch 2; the end of epoch 1
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted, step):
-    kill = ("+callbacks.kill._target_=lightning_modules.callbacks.SignalAtStep", f"+callbacks.kill.step={step}")
+    kill = ("+callbacks.kill._target_=runner.fault_tolerance.SignalAtStep", f"+callbacks.kill.step={step}")
     with pytest.raises(SystemExit):  # Lightning's SIGTERMException, once the current batch is done
         run_in_process(*RESUMABLE, *kill, run_dir=tmp_path)
     assert read_results(tmp_path)["status"] == "interrupted"
@@ -179,7 +179,7 @@ def test_ctrl_c_leaves_a_checkpoint_and_an_interrupted_status(tmp_path):
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit, match="130"):  # Ctrl-C: exit status 130
-            run_in_process(*TINY, "trainer.max_epochs=1", "+callbacks.kill._target_=lightning_modules.callbacks.SignalAtStep",
+            run_in_process(*TINY, "trainer.max_epochs=1", "+callbacks.kill._target_=runner.fault_tolerance.SignalAtStep",
                            "+callbacks.kill.step=2", "+callbacks.kill.signal=SIGINT", run_dir=tmp_path)
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while it shuts down

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import run
+from runner import build
 from tests.conftest import compose
 from datamodules.augment import AugmentSpec, ViewAugmenter
 from datamodules.datasets import TensorImageDataset, fetch_items
@@ -21,9 +21,9 @@ TINY = ("model=supervised", "data=digits", "data.batch_size=32", "trainer.max_ep
 def fit(tmp_path, *overrides, steps: int = 2):
     """run.py's build path (config -> DataModule -> module -> Trainer) and `steps` training steps."""
     cfg = compose(*TINY, f"trainer.limit_train_batches={steps}", *overrides, run_dir=tmp_path)
-    datamodule = run.build_datamodule(cfg)
-    module = run.build_module(cfg, datamodule.data_info)
-    trainer = run.build_trainer(cfg, [], run.build_all(cfg, "logger"))
+    datamodule = build.build_datamodule(cfg)
+    module = build.build_module(cfg, datamodule.data_info)
+    trainer = build.build_trainer(cfg, [], build.build_all(cfg, "logger"))
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == steps and torch.isfinite(trainer.callback_metrics["train/loss_step"])
     return cfg, module, trainer, datamodule
@@ -167,10 +167,10 @@ def test_drcn_fit_receives_alternating_batches(tmp_path):
 
     cfg = compose(*TINY[2:], "model=drcn", "data=digits_to_digits_m", "model.tsne=false", "test=false",
                   "+data.steps_per_epoch=4", "trainer.max_epochs=1", "trainer.limit_train_batches=4", run_dir=tmp_path)
-    datamodule = run.build_datamodule(cfg)
-    module = run.build_module(cfg, datamodule.data_info)
+    datamodule = build.build_datamodule(cfg)
+    module = build.build_module(cfg, datamodule.data_info)
     record = Record()
-    trainer = run.build_trainer(cfg, [record], run.build_all(cfg, "logger"))
+    trainer = build.build_trainer(cfg, [record], build.build_all(cfg, "logger"))
     trainer.fit(module, datamodule=datamodule)
     assert record.keys == [("source",), ("target",)] * 2
     assert record.stepped == [(True, False), (False, True)] * 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import shutil
 import time
 import urllib.error
 from pathlib import Path

@@ -75,7 +75,7 @@ def test_bad_cv_options_are_named(cv, kind, message):
     from omegaconf import OmegaConf
 
     from datamodules.errors import ConfigError
-    from lightning_modules.protocols.crossval import check_cv
+    from runner.protocols.crossval import check_cv
 
     with pytest.raises(ConfigError, match=message):
         check_cv(OmegaConf.create({"cv": {"folds": None, "fold": None, **cv}}), kind)
@@ -122,8 +122,8 @@ def test_main_job_killed_midway_resumes_without_redoing_finished_stages(tmp_path
 
 def test_a_reused_stage_must_have_run_with_the_same_settings(tmp_path):
     import run
-    from lightning_modules.protocols.children import check_same_run
-    from lightning_modules.rundir import RunDirError
+    from runner.protocols.children import check_same_run
+    from runner.rundir import RunDirError
 
     check_same_run(["a=1", "b=2", "ckpt_path=last"], ["b=2", "a=1"], tmp_path)
     with pytest.raises(RunDirError, match="differing: b=2 b=3"):
@@ -135,7 +135,7 @@ def test_pipeline_stages_expand_and_hand_over_by_reference(tmp_path):
     from omegaconf import OmegaConf
 
     from datamodules.errors import ConfigError
-    from lightning_modules.protocols.pipeline import expand, input_overrides, merge_overrides
+    from runner.protocols.pipeline import expand, input_overrides, merge_overrides
 
     spec = OmegaConf.load(ROOT / "conf" / "pipeline" / "ssl_finetune.yaml").pipeline
     stages = expand(spec)
@@ -189,7 +189,7 @@ def _results(run_dir: Path, **payload) -> None:
 
 
 def test_sweep_summary_draws_bars_and_pools_pipeline_stages_over_seeds(tmp_path):
-    from lightning_modules.summary import collect, write_summary
+    from runner.sweep_summary import collect, write_summary
 
     for seed in range(3):
         job = tmp_path / str(seed)
@@ -212,7 +212,7 @@ def test_a_run_of_runs_refuses_ddp_by_name():
     from omegaconf import OmegaConf
 
     from datamodules.errors import ConfigError
-    from lightning_modules.protocols import protocol_of
+    from runner.protocols import protocol_of
 
     cfg = OmegaConf.create({"cv": {"folds": 3, "fold": None}, "trainer": {"strategy": "ddp"}})
     with pytest.raises(ConfigError, match="trainer.strategy=ddp: a pipeline, cv.folds and optuna.trials"):
@@ -223,7 +223,7 @@ def test_a_run_of_runs_refuses_ddp_by_name():
 
 def test_options_of_the_pipeline_stay_with_it_and_the_rest_reach_every_stage(tmp_path):
     from conftest import compose
-    from lightning_modules.protocols.children import parent_overrides
+    from runner.protocols.children import parent_overrides
 
     compose("pipeline=ssl_finetune", "pipeline.pretrain_epochs=5", "seed=2", "trainer.max_epochs=1", run_dir=tmp_path)
     assert parent_overrides(drop=("pipeline",)) == ["seed=2", "trainer.max_epochs=1"]

@@ -1,5 +1,5 @@
 """Run directories never lose a finished result: refusal, overwrite, lock, atomic checkpoints, CSV resume,
-exit statuses of Ctrl-C and SIGTERM (lightning_modules/rundir.py, run.py's run())."""
+exit statuses of Ctrl-C and SIGTERM (runner/rundir.py, run.py's run())."""
 from __future__ import annotations
 
 import csv
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import ROOT, compose, read_results, run_cli
-from lightning_modules.rundir import LOCK_FILE, RunDirError, acquire_lock, release_lock
+from runner.rundir import LOCK_FILE, RunDirError, acquire_lock, release_lock
 
 # 2 epochs of 4 steps on the embedded digits, deterministic, with the default checkpoints and the CSV and
 # TensorBoard loggers.
@@ -125,7 +125,7 @@ def test_a_second_run_that_fails_keeps_the_completed_results(copy_of, resume):
 
 def test_sigterm_exits_143_and_keeps_the_completed_results(copy_of):
     results = (copy_of / "results.json").read_bytes()
-    kill = ("+callbacks.kill._target_=lightning_modules.callbacks.SignalAtStep", "+callbacks.kill.step=9")
+    kill = ("+callbacks.kill._target_=runner.fault_tolerance.SignalAtStep", "+callbacks.kill.step=9")
     with pytest.raises(SystemExit) as exit_info:
         run_in_process("ckpt_path=last", "trainer.max_epochs=3", *kill, run_dir=copy_of)
     assert exit_info.value.code == 143

@@ -167,7 +167,7 @@ def test_own_hpc_checkpoint_resumes_on_slurm_and_is_then_discarded(tmp_path, on_
 
 
 def test_discard_hpc_checkpoints_removes_only_files_of_this_job(tmp_path):
-    import run
+    from runner.slurm import discard_hpc_checkpoints
 
     ours, foreign = tmp_path / "hpc_ckpt_1.ckpt", tmp_path / "hpc_ckpt_2.ckpt"
     for path in (ours, foreign):
@@ -176,7 +176,7 @@ def test_discard_hpc_checkpoints_removes_only_files_of_this_job(tmp_path):
     io.load_checkpoint(ours)  # a snapshot this job resumed from
     trainer = types.SimpleNamespace(is_global_zero=True, default_root_dir=str(tmp_path),
                                     strategy=types.SimpleNamespace(checkpoint_io=io, barrier=lambda name: None))
-    run.discard_hpc_checkpoints(trainer)
+    discard_hpc_checkpoints(trainer)
     assert not ours.exists() and foreign.is_file()
 
 

@@ -18,7 +18,8 @@ def _images(n, c, size, seed=0):
 
 
 def _augmenter(c, size, **kw):
-    return ViewAugmenter(AugmentSpec(**{"blur_p": 0.5, "invert_p": 0.3, **kw}), image_size=size, channels=c)
+    return ViewAugmenter(AugmentSpec(**{"blur_p": 0.5, "invert_p": 0.3, "channel_perm_p": 0.5, **kw}),
+                         image_size=size, channels=c)
 
 
 def test_strengths_scale_with_image_size_and_channels():
@@ -55,8 +56,10 @@ def test_parameters_in_range(channels):
         assert abs(flag.float().mean().item() - prob) < 0.04
     if channels == 3:
         assert p.hue.abs().max() <= 0.2 * s.jitter_strength
-    else:  # grey: saturation/hue/grayscale are not drawn
-        assert (p.saturation == 1).all() and (p.hue == 0).all() and not p.gray.any()
+        assert abs((p.perm > 0).float().mean().item() - s.channel_perm_p) < 0.04
+        assert torch.bincount(p.perm[p.perm > 0], minlength=6)[1:].min() > 0.15 * (p.perm > 0).sum()  # 5 orders alike
+    else:  # grey: saturation/hue/grayscale/channel order are not drawn
+        assert (p.saturation == 1).all() and (p.hue == 0).all() and not p.gray.any() and not p.perm.any()
 
 
 def test_draws_are_independent_per_image():
@@ -77,11 +80,12 @@ def test_draws_are_independent_per_image():
 
 @pytest.mark.parametrize("channels,size,out", [(1, 28, 28), (3, 32, 32), (3, 40, 24)])
 def test_batched_equals_per_sample_torchvision_for_a_fixed_draw(channels, size, out):
-    spec = AugmentSpec(blur_p=0.5, blur_kernel=5, jitter_strength=1.0, invert_p=0.5)
+    spec = AugmentSpec(blur_p=0.5, blur_kernel=5, jitter_strength=1.0, invert_p=0.5, channel_perm_p=0.5)
     aug = ViewAugmenter(spec, image_size=out, channels=channels)
     x = _images(24, channels, size).float() / 255
     p = aug.sample(len(x), size, size, torch.Generator().manual_seed(3))
     assert p.jitter.any() and p.blur.any() and p.flip.any() and p.invert.any() and not p.invert.all()
+    assert channels == 1 or len(p.perm.unique()) > 2
     batched = aug.apply(x, p)
     single = torch.stack([aug.single(x[i], p[i]) for i in range(len(x))])
     assert batched.shape == (24, channels, out, out)

@@ -44,8 +44,8 @@ def test_presets_compose_and_build(method, protocol, monkeypatch):
     assert get_class(model["datamodule"]["_target_"]).__name__ == "MultiViewDataModule"
     if protocol != "mnist":  # GPU presets: ResNets are slow to build on a shared CPU; composing is enough
         return
-    import run
+    from runner.build import RUNNER_KEYS
 
-    kwargs = {k: v for k, v in model.items() if k not in run.RUNNER_KEYS}
+    kwargs = {k: v for k, v in model.items() if k not in RUNNER_KEYS}
     module = instantiate(kwargs, num_classes=10, in_chans=3, _convert_="partial")
     assert module.online.probe.fc.out_features == 10

@@ -6,56 +6,14 @@
   those of one process holding the whole batch (tests/test_ssl_ddp.py).
 - `info_nce` (MoCo, He et al. 2020, Eq. 1): one positive key per query against a queue of
   negative keys.
-- `concat_all_gather`: no-gradient gather (MoCo's keys before they are enqueued).
+The collectives live in components/distributed.py.
 """
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def dist_ready() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without an initialised process group."""
-    return (dist.get_rank(), dist.get_world_size()) if dist_ready() else (0, 1)
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums the incoming gradients over processes and keeps this
-    process's slice (all_reduce, so it works on gloo as on NCCL)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(out, x.contiguous())
-        return tuple(out)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        g = torch.stack(grads)
-        dist.all_reduce(g)
-        return g[dist.get_rank()]
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate `x` of every process along dim 0 (rank order), keeping the autograd graph."""
-    if not dist_ready():
-        return x
-    return torch.cat(_GatherWithGrad.apply(x), 0)
-
-
-@torch.no_grad()
-def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate `x` of every process along dim 0 (rank order), without gradient."""
-    if not dist_ready():
-        return x
-    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out, 0)
+from .distributed import gather_with_grad, world
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather: bool = True) -> torch.Tensor:

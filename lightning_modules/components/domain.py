@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .contrastive import dist_ready, gather_with_grad, world
+from .distributed import dist_ready, gather_with_grad, world
 
 
 class _GradReverse(torch.autograd.Function):

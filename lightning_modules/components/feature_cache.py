@@ -43,3 +43,23 @@ def compute_features(backbone: nn.Module, dataset, batch_size: int, device: torc
     return FeatureDataset(torch.cat(features), torch.tensor(labels, dtype=torch.long))
 
 
+class CachedSplits:
+    """A DataModule's splits served as their features computed once (`swap`), and put back (`restore`),
+    through the DataModule's split / replace_split contract."""
+
+    def __init__(self):
+        self.originals: dict[str, Dataset] = {}
+
+    def swap(self, datamodule, names: tuple[str, ...], encode, device: torch.device,
+             channels_last: bool = False) -> None:
+        for name in names:
+            dataset = datamodule.split(name)
+            if dataset is None or isinstance(dataset, FeatureDataset):
+                continue
+            features = compute_features(encode, dataset, datamodule.eval_batch_size, device, channels_last)
+            self.originals[name] = datamodule.replace_split(name, features)
+
+    def restore(self, datamodule) -> None:
+        for name, dataset in self.originals.items():
+            datamodule.replace_split(name, dataset)
+        self.originals = {}

@@ -20,6 +20,8 @@ import torch.distributed as dist
 
 from datamodules.errors import ConfigError
 
+from .distributed import dist_ready, gather_rows
+
 BACKENDS = ("auto", "torch", "faiss")
 
 
@@ -177,30 +179,12 @@ def kmeans(
 # DDP: gather everything, cluster once on rank 0, broadcast
 
 
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every process's rows in rank order (row counts may differ between processes)."""
-    if not is_distributed():
-        return x
-    counts = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, torch.tensor([len(x)], device=x.device))
-    counts = [int(c) for c in counts]
-    padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[: len(x)] = x
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:c] for p, c in zip(parts, counts)])
-
-
 def distributed_kmeans(x_local: torch.Tensor, k: int, gathered: bool = False, **kwargs) -> KMeansResult:
     """k-means of the rows of all processes together: gathered, clustered once on rank 0, and the
     result broadcast. Every process gets the assignments of *all* rows (rank order) and the centroids.
     `gathered=True`: every process already holds all rows (e.g. from `gather_rows`); only rank 0's
     copy is clustered. Without an initialised process group this is `kmeans(x_local, k)`."""
-    if not is_distributed():
+    if not dist_ready():
         return kmeans(x_local, k, **kwargs)
     x = x_local.detach().float() if gathered else gather_rows(x_local.detach().float())
     assignments = torch.empty(len(x), dtype=torch.long, device=x.device)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from datamodules.errors import ConfigError
-from lightning_modules.rundir import AtomicCheckpointIO
+from runner.rundir import AtomicCheckpointIO
 
 # Checkpoints written before hyperparameters became plain dicts pickle their optimizer/scheduler as
 # Hydra partials; exactly these globals are allowed (they only rebuild a `functools.partial` of an

@@ -102,7 +102,7 @@ def log_cluster_pictures(module, assignments: torch.Tensor, num_clusters: int, s
     log_image(module, "cluster_sizes", cluster_sizes_figure(sizes, f"test clusters (k={num_clusters})"))
     if module.trainer.world_size != 1:  # gathered rows are in rank order, not the split's
         return
-    images = module.trainer.datamodule.splits.test
+    images = module.trainer.datamodule.split("test")
     scores = None if scores is None else scores.cpu()
     picks = grid_indices(assignments, scores, per_cluster)
     tiles = torch.stack([images[i][0] for i in picks.tolist()])

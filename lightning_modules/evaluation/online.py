@@ -34,7 +34,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.splits import stratified_subset
 
-from ..components.contrastive import concat_all_gather
+from ..components.distributed import gather_rows
 
 from .embedding_plot import save_tsne_plot
 
@@ -114,7 +114,7 @@ class OnlineEvaluator(nn.Module):
             return None
         features = torch.cat([f for f, _ in items])
         labels = torch.cat([y for _, y in items])
-        return concat_all_gather(features), concat_all_gather(labels)
+        return gather_rows(features), gather_rows(labels)
 
     @torch.no_grad()
     def eval_epoch_end(self, module: pl.LightningModule, stage: str) -> dict[str, float]:

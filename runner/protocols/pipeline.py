@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.errors import ConfigError
 
-from ..summary import HEADLINES
+from ..sweep_summary import HEADLINES
 from . import Outcome
 from .children import Task, override_key, parent_overrides, run_child
 from .plots import bar_chart, line_chart

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from datamodules.errors import ConfigError
 
-from ..summary import mean_std
+from ..sweep_summary import mean_std
 from . import Outcome
 from .children import Task, parent_overrides, run_child
 

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..rundir import RunDirError
-from ..runtime import RESULTS_FILE, read_status
+from ..results import RESULTS_FILE, read_status
 
 log = logging.getLogger("transferlab")
 

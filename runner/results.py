@@ -1,4 +1,5 @@
-"""Run bookkeeping shared by every method: results.json, versions, git commit, metrics table."""
+"""results.json: what every run leaves, written atomically (a reader never sees half of it, and a run that did
+not complete never replaces a completed one), with the versions, git commit and machine that made it."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,11 @@ import os
 import platform
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 RESULTS_FILE = "results.json"
+ROOT = Path(__file__).resolve().parents[1]  # the repository, for the git commit
 
 log = logging.getLogger("transferlab")
 
@@ -98,3 +101,23 @@ def metrics_table(metrics: dict[str, float]) -> str:
     lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  --------"]
     lines += [f"{k.ljust(width)}  {v:.4f}" for k, v in metrics.items()]
     return "\n".join(lines)
+
+
+def results_payload(cfg, status: str, metrics: dict, started: float, **extra) -> dict:
+    """The content of results.json for the job Hydra is running (`cfg` its composed config)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    return {
+        "status": status,
+        "metrics": metrics,
+        "optimized_metric": cfg.model.get("optimized_metric"),
+        "seed": cfg.seed,
+        "wall_time_s": round(time.time() - started, 2),
+        "overrides": list(HydraConfig.get().overrides.task),
+        "config": OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False),
+        "versions": library_versions(),
+        "git_commit": git_commit(ROOT),
+        "machine": machine(),
+        **extra,
+    }

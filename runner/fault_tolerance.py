@@ -11,7 +11,7 @@
   DataLoader) are not replayed; other loaders resume like Lightning does by default.
 
 `SignalAtStep` sends a signal to the run's own process at a given training step: rehearse
-pre-emption (`+callbacks.kill._target_=lightning_modules.callbacks.SignalAtStep +callbacks.kill.step=50`).
+pre-emption (`+callbacks.kill._target_=runner.fault_tolerance.SignalAtStep +callbacks.kill.step=50`).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ stages are runs of their own (a row per stage). A Hydra callback (`SweepSummary`
 configured in conf/hydra/default.yaml) writes it when a multirun ends; rebuild it for any sweep
 dir, also one still running or cut short:
 
-    python -m lightning_modules.summary outputs/multirun/2026-01-01_12-00-00-000000
+    python -m runner.sweep_summary outputs/multirun/2026-01-01_12-00-00-000000
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from .runtime import RESULTS_FILE
+from .results import RESULTS_FILE
 
 HEADLINES = ("test/acc", "test/target_acc", "test/linear_acc", "test/knn_acc", "test/nmi", "test/ari", "test/fid")
 OPTUNA_RESULTS = "optimization_results.yaml"
@@ -39,7 +39,7 @@ class Job:
     wall_time_s: float | None = None
     error: str | None = None
     optimized_metric: str | None = None
-    children: str | None = None       # a run of runs: folds | stages | trials (lightning_modules/protocols)
+    children: str | None = None       # a run of runs: folds | stages | trials (runner/protocols)
     stage: str | None = None          # a pipeline stage: its dir under the pipeline's (e.g. finetune/labels_per_class=1)
     curve: dict | None = None         # a pipeline's label-efficiency curve
 

@@ -33,7 +33,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from datamodules.errors import ConfigError
-from lightning_modules.runtime import RESULTS_FILE, is_rank_zero, read_status
+from runner.results import RESULTS_FILE, is_rank_zero, read_status
 
 log = logging.getLogger("transferlab")
 
@@ -64,7 +64,7 @@ def resumes(run_dir: Path, ckpt_path: str | None) -> bool:
 
 
 def holds_children(run_dir: Path) -> bool:
-    """A run of runs (lightning_modules/protocols): its results.json names the kind of its children."""
+    """A run of runs (runner/protocols): its results.json names the kind of its children."""
     try:
         return bool(json.loads((Path(run_dir) / RESULTS_FILE).read_text()).get("children"))
     except (OSError, ValueError, AttributeError):
