@@ -29,9 +29,9 @@ from torch import nn
 from datamodules.errors import ConfigError
 
 from .base import ClassificationMetrics
-from .components.backbones import check_backbone_name, create_backbone
+from .components.backbones import check_backbone_name
 from .components.distillation import hint_loss, kd_loss, rkd_angle_loss, rkd_distance_loss
-from .components.encoder_io import check_state_fits, pretrained_file_errors, pretrained_overlay, read_checkpoint
+from .components.encoder_io import load_classifier, pretrained_file_errors, pretrained_overlay
 from .components.modes import eval_mode
 from .components.pretrained import attach_input_norm, normalization_for
 from .finetune import stage_output_modules
@@ -50,26 +50,7 @@ class Teacher(nn.Module):
 
 
 def teacher_from_checkpoint(path: str, name: str | None = None) -> Teacher:
-    option = "model.teacher.checkpoint"
-    ckpt = read_checkpoint(path, option)
-    if ckpt["head"] is None:
-        raise ConfigError(
-            f"{option}={path} holds no classifier head (an encoder of a run that trained none); give the "
-            f"encoder.pt or checkpoints/last.ckpt of a supervised / finetune / distill run"
-        )
-    arch = ckpt["name"] or name
-    if arch is None:
-        raise ConfigError(f"{option}={path} does not say its architecture; set model.teacher.name")
-    if name and arch != name:
-        raise ConfigError(f"{option}={path} holds a '{arch}' network but model.teacher.name={name!r}")
-    check_backbone_name(arch, "model.teacher.name")
-    backbone = create_backbone(name=arch, **ckpt["spec"])
-    check_state_fits(backbone, ckpt["state_dict"], f"{option}={path}")
-    backbone.load_state_dict(ckpt["state_dict"])
-    out_features, in_features = ckpt["head"]["weight"].shape
-    classifier = nn.Linear(in_features, out_features)
-    classifier.load_state_dict(ckpt["head"])
-    return Teacher(backbone, classifier)
+    return Teacher(*load_classifier(path, "model.teacher.checkpoint", name))
 
 
 def teacher_from_timm(name: str, in_chans: int, pretrained: bool, pretrained_file: str | None) -> Teacher:

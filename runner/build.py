@@ -131,8 +131,6 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 def build_module(cfg: DictConfig, data_info: dict) -> pl.LightningModule:
     """Instantiate the method, handing it what only the data knows (classes, channels, size)."""
-    import inspect
-
     model = OmegaConf.to_container(cfg.model, resolve=True)
     module_cfg = {k: v for k, v in model.items() if k not in RUNNER_KEYS}
     # Options holding a `_target_` (optimizer, scheduler) reach the module as plain dicts, not instantiated:
@@ -140,7 +138,7 @@ def build_module(cfg: DictConfig, data_info: dict) -> pl.LightningModule:
     # and every checkpoint loads with torch.load(weights_only=True).
     plain = {k: module_cfg.pop(k) for k in list(module_cfg)
              if k != "_target_" and isinstance(module_cfg[k], dict) and "_target_" in module_cfg[k]}
-    accepted = inspect.signature(get_class(module_cfg["_target_"]).__init__).parameters
+    accepted = init_parameters(get_class(module_cfg["_target_"]))  # through **kwargs handed to its bases
     extra = {k: v for k, v in data_info.items() if k in accepted and k not in module_cfg}
     try:
         module = instantiate(module_cfg, **extra, _convert_="partial", _partial_=True)(**plain)

@@ -168,3 +168,29 @@ def pretrained_file_errors(pretrained_file, option: str = "model.backbone.pretra
             f"{option}={pretrained_file}: timm could not load it into this "
             f"architecture ({str(err).splitlines()[0][:400]})"
         ) from err
+
+
+def load_classifier(path, option: str, name: str | None = None) -> tuple[nn.Module, nn.Linear]:
+    """(backbone, head) of a run that trained a classifier (its encoder.pt or .ckpt): a distillation teacher,
+    the source model of source-free adaptation. `name`: the architecture the user expects, checked."""
+    from .backbones import check_backbone_name, create_backbone
+
+    ckpt = read_checkpoint(path, option)
+    if ckpt["head"] is None:
+        raise ConfigError(
+            f"{option}={path} holds no classifier head (an encoder of a run that trained none); give the "
+            f"encoder.pt or checkpoints/last.ckpt of a supervised / finetune / distill / source_only run"
+        )
+    arch = ckpt["name"] or name
+    if arch is None:
+        raise ConfigError(f"{option}={path} does not say its architecture; set its name option")
+    if name and arch != name:
+        raise ConfigError(f"{option}={path} holds a '{arch}' network but the name option says {name!r}")
+    check_backbone_name(arch, option)
+    backbone = create_backbone(name=arch, **ckpt["spec"])
+    check_state_fits(backbone, ckpt["state_dict"], f"{option}={path}")
+    backbone.load_state_dict(ckpt["state_dict"])
+    out_features, in_features = ckpt["head"]["weight"].shape
+    head = nn.Linear(in_features, out_features)
+    head.load_state_dict(ckpt["head"])
+    return backbone, head
