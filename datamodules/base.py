@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CUDAAccelerator
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from .datasets import ImageFileDataset, TensorImageDataset
 from .decoded_cache import check_cache_option
@@ -127,6 +127,18 @@ class BaseDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             **self.worker_options(dataset),
         )
+
+    def shard_loader(self, dataset: Dataset) -> DataLoader:
+        """A shuffling training loader for loaders this DataModule drives itself (several domains); under DDP
+        each process reads its own shard (DistributedSampler, reshuffled by `endless` every pass)."""
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        if world == 1:
+            return self.loader(dataset, train=True)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=True,
+                                     seed=self.split_seed, drop_last=len(dataset) >= world)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, pin_memory=self.pin_memory,
+                          drop_last=len(dataset) // world > self.batch_size, **self.worker_options(dataset))
 
     @property
     def data_info(self) -> dict:

@@ -62,17 +62,18 @@ def endless(loader: DataLoader):
         passes += 1
 
 
-class EndlessPairLoader:
-    """`steps` batches `{"source": next(source), "target": next(target)}` per epoch.
+class EndlessDomainLoader:
+    """`steps` batches per epoch, each `{name: next batch of that domain}` for every domain of `loaders`
+    (a pair: {"source": ..., "target": ...}; domain generalization: every training domain).
 
-    The two iterators live across epochs, so neither domain restarts early and no batch is lost
-    when the domains have different sizes. With `alternate=True` (methods whose step uses one
-    domain at a time, e.g. DRCN) the batches are `{"source": ...}` and `{"target": ...}` in turn,
-    counted across epochs, so no batch is loaded only to be ignored.
+    The iterators live across epochs, so no domain restarts early and no batch is lost when the domains
+    have different sizes. With `alternate=True` (methods whose step uses one domain at a time, e.g. DRCN)
+    each batch holds one domain, the domains in turn, counted across epochs, so no batch is loaded only
+    to be ignored.
     """
 
-    def __init__(self, source: DataLoader, target: DataLoader, steps: int, alternate: bool = False):
-        self.source, self.target, self.steps, self.alternate = source, target, steps, alternate
+    def __init__(self, loaders: dict[str, DataLoader], steps: int, alternate: bool = False):
+        self.loaders, self.steps, self.alternate = dict(loaders), steps, alternate
         self._iterators = None
         self._served = 0
 
@@ -81,15 +82,14 @@ class EndlessPairLoader:
 
     def __iter__(self):
         if self._iterators is None:
-            self._iterators = endless(self.source), endless(self.target)
-        source, target = self._iterators
+            self._iterators = {name: endless(loader) for name, loader in self.loaders.items()}
+        names = list(self._iterators)
         for _ in range(self.steps):
-            if not self.alternate:
-                yield {"source": next(source), "target": next(target)}
-            elif self._served % 2 == 0:
-                yield {"source": next(source)}
+            if self.alternate:
+                name = names[self._served % len(names)]
+                yield {name: next(self._iterators[name])}
             else:
-                yield {"target": next(target)}
+                yield {name: next(iterator) for name, iterator in self._iterators.items()}
             self._served += 1
 
 
@@ -185,17 +185,6 @@ class PairDataModule(BaseDataModule):
         channels, height, _ = self.source.shape
         return {"num_classes": self.source.num_classes, "in_chans": channels, "image_size": height}
 
-    def _endless_loader(self, dataset: Dataset) -> DataLoader:
-        """A shuffling loader; under DDP each process reads its own shard (DistributedSampler)."""
-        trainer = getattr(self, "trainer", None)
-        world = trainer.world_size if trainer is not None else 1
-        if world == 1:
-            return self.loader(dataset, train=True)
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=True,
-                                     seed=self.split_seed, drop_last=len(dataset) >= world)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, pin_memory=self.pin_memory,
-                          drop_last=len(dataset) // world > self.batch_size, **self.worker_options(dataset))
-
     def _splits(self, domain: str | None):
         if domain not in ("source", "target"):
             raise ConfigError(f"a domain pair has domains 'source' and 'target', not {domain!r}")
@@ -212,8 +201,8 @@ class PairDataModule(BaseDataModule):
         target = self.target.train if self.train_target_labels else ImagesOnly(self.target.train)
         trainer = getattr(self, "trainer", None)
         steps = self.train_steps_per_epoch(trainer.world_size if trainer is not None else 1)
-        return EndlessPairLoader(self._endless_loader(self.source.train), self._endless_loader(target), steps,
-                                 alternate=self.domain_schedule == "alternate")
+        loaders = {"source": self.shard_loader(self.source.train), "target": self.shard_loader(target)}
+        return EndlessDomainLoader(loaders, steps, alternate=self.domain_schedule == "alternate")
 
     def val_dataloader(self):
         return [self.loader(self.target.val, train=False), self.loader(self.source.val, train=False)]

@@ -256,6 +256,26 @@ def _npz(root=None, download=False, path=None, train_path=None, test_path=None,
     return RawSplits([str(i) for i in range(num_classes)], splits)
 
 
+@register_dataset("rotated_mnist")
+def _rotated_mnist(root=None, download=False, path=None, angle: float = 0.0, shard: int = 0, shards: int = 1,
+                   shard_seed: int = 0) -> RawSplits:
+    """Rotated MNIST (Ghifary et al. 2015; DomainBed's RotatedMNIST) from an MNIST npz (`path`): its images
+    split into `shards` disjoint seeded parts, part `shard` rotated by `angle` degrees, so each domain
+    (0, 15, ..., 75 degrees = shards 0..5) holds different digits."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if path is None:
+        raise ConfigError("rotated_mnist needs path=<an MNIST npz>, e.g. ../shared/data/mnist_test.npz")
+    if not 0 <= int(shard) < int(shards):
+        raise ConfigError(f"rotated_mnist: shard={shard} must lie in [0, shards={shards})")
+    images, labels = _npz_arrays(path)
+    part = np.sort(np.random.default_rng(shard_seed).permutation(len(labels))[int(shard)::int(shards)])
+    x = _grey_npz_digits(images, f"rotated_mnist {path}")[torch.as_tensor(part)]
+    rotated = TF.rotate(x, float(angle), interpolation=TF.InterpolationMode.BILINEAR)
+    labels = np.asarray(labels)[part]
+    return RawSplits([str(i) for i in range(int(np.asarray(labels).max()) + 1)], {"all": (rotated, labels)})
+
+
 def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 

@@ -4,6 +4,7 @@ Everything here fails early, before any data is loaded, when the configuration c
 naming the option and its valid choices."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -39,13 +40,18 @@ def validate(cfg: DictConfig) -> None:
     if kind == "pair" and not has_pair:
         raise ConfigError(
             f"model={choices.get('model')} needs a domain pair (labeled source, unlabeled target) but "
-            f"data={choices.get('data')} is a single dataset; use data=pair data.source.name=... "
+            f"data={choices.get('data')} is {'several domains' if 'domains' in cfg.data else 'a single dataset'}; use data=pair data.source.name=... "
             f"data.target.name=..., or a preset such as data=digits_to_digits_m"
         )
     if kind == "single" and "dataset" not in cfg.data:
         raise ConfigError(
-            f"model={choices.get('model')} trains on one dataset but data={choices.get('data')} is a "
-            f"domain pair; choose a single dataset, e.g. data=digits"
+            f"model={choices.get('model')} trains on one dataset but data={choices.get('data')} is "
+            f"{'a domain pair' if has_pair else 'several domains'}; choose a single dataset, e.g. data=digits"
+        )
+    if kind == "multi" and "domains" not in cfg.data:
+        raise ConfigError(
+            f"model={choices.get('model')} trains on several labeled domains but data={choices.get('data')} is not "
+            f"a multi-domain config; use data=rotated_mnist, or data=multi with data.domains and data.test_domain"
         )
     check_trainer(cfg.trainer, choices.get("trainer"))
     check_cv(cfg, kind)
@@ -122,8 +128,20 @@ def datamodule_options(cfg: DictConfig) -> dict:
     return {key: value for key, value in data.items() if key in accepted}
 
 
+@contextlib.contextmanager
+def constructor_errors_unwrapped():
+    """Hydra wraps an error raised in a constructor; ours (they name the option) surface as they are."""
+    try:
+        yield
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ConfigError, DataFormatError, DataNotFoundError)):
+            raise err.__cause__ from None
+        raise
+
+
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    datamodule = instantiate(cfg.model.datamodule, **datamodule_options(cfg), _convert_="all")
+    with constructor_errors_unwrapped():
+        datamodule = instantiate(cfg.model.datamodule, **datamodule_options(cfg), _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
@@ -140,13 +158,8 @@ def build_module(cfg: DictConfig, data_info: dict) -> pl.LightningModule:
              if k != "_target_" and isinstance(module_cfg[k], dict) and "_target_" in module_cfg[k]}
     accepted = init_parameters(get_class(module_cfg["_target_"]))  # through **kwargs handed to its bases
     extra = {k: v for k, v in data_info.items() if k in accepted and k not in module_cfg}
-    try:
+    with constructor_errors_unwrapped():
         module = instantiate(module_cfg, **extra, _convert_="partial", _partial_=True)(**plain)
-    except InstantiationException as err:
-        # Hydra wraps constructor errors; surface ours (they name the option) as they are.
-        if isinstance(err.__cause__, (ConfigError, DataFormatError, DataNotFoundError)):
-            raise err.__cause__ from None
-        raise
     if hasattr(module, "speed_options"):  # model.compile / model.channels_last (lightning_modules/base.py)
         module.speed_options(compile=model.get("compile") or False, channels_last=model.get("channels_last") or False)
     return module

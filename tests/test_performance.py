@@ -135,18 +135,18 @@ def test_alternating_pair_loader_serves_one_domain_per_step_across_epochs():
     """DRCN's steps use one domain each, so the pair loader fetches only that domain's batch."""
     from torch.utils.data import DataLoader
 
-    from datamodules.pair import EndlessPairLoader
+    from datamodules.pair import EndlessDomainLoader
 
     source = DataLoader(list(range(10)), batch_size=2)  # batches [0, 1], [2, 3], ...
     target = DataLoader(list(range(100, 110)), batch_size=2)
-    loader = EndlessPairLoader(source, target, steps=3, alternate=True)
+    loader = EndlessDomainLoader({"source": source, "target": target}, steps=3, alternate=True)
     first, second = list(loader), list(loader)  # two epochs of an odd length
     keys = [tuple(b) for b in first + second]
     assert keys == [("source",), ("target",), ("source",), ("target",), ("source",), ("target",)]
     served_source = [b["source"].tolist() for b in first + second if "source" in b]
     served_target = [b["target"].tolist() for b in first + second if "target" in b]
     assert served_source == [[0, 1], [2, 3], [4, 5]] and served_target == [[100, 101], [102, 103], [104, 105]]
-    both = list(EndlessPairLoader(source, target, steps=2))
+    both = list(EndlessDomainLoader({"source": source, "target": target}, steps=2))
     assert all(set(b) == {"source", "target"} for b in both)
 
 
