@@ -33,7 +33,7 @@ class FeatureAlignment(DomainGeneralization):
         super().__init__(*args, **kwargs)
         self.gamma = float(gamma)
 
-    def objective(self, features, logits, labels, ce):
+    def objective(self, features, logits, labels, ce, target=None):
         pairs = list(itertools.combinations(features, 2))
         penalty = torch.stack([self.penalty(a, b) for a, b in pairs]).mean() if pairs else ce.new_zeros(())
         return {"train/loss": ce.mean() + self.gamma * penalty, "train/ce": ce.mean(), "train/penalty": penalty}

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.multi import TARGET
+
 from .base import BaseMethod, ClassificationMetrics
 from .components.backbones import create_backbone
 
@@ -31,18 +33,19 @@ class DomainGeneralization(BaseMethod):
         return self.classifier(self.backbone(x))
 
     def training_step(self, batch: dict, batch_idx):
-        names = list(batch)
+        names = [n for n in batch if n != TARGET]  # the labeled domains (an unlabeled target: multi-source DA)
         xs, ys = zip(*(batch[n] for n in names))
         features = self.backbone(torch.cat(xs)).split([len(x) for x in xs])
         logits = [self.classifier(f) for f in features]
         ce = torch.stack([F.cross_entropy(z.float(), y) for z, y in zip(logits, ys)])
-        losses = self.objective(list(features), logits, list(ys), ce)
+        losses = self.objective(list(features), logits, list(ys), ce, target=batch.get(TARGET))
         self.log_train({k: v for k, v in losses.items()}, sum(len(y) for y in ys))
         return self.check_finite(losses["train/loss"])
 
     def objective(self, features: list[torch.Tensor], logits: list[torch.Tensor], labels: list[torch.Tensor],
-                  ce: torch.Tensor) -> dict[str, torch.Tensor]:
-        """ERM. `ce`: the cross-entropy of each training domain's batch (D,)."""
+                  ce: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """ERM. `ce`: the cross-entropy of each training domain's batch (D,); `target`: unlabeled target
+        images (data.unlabeled_target=true), unused by ERM (the mixed-source baseline)."""
         return {"train/loss": ce.mean(), "train/ce": ce.mean()}
 
     def validation_step(self, batch, batch_idx):

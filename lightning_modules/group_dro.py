@@ -20,7 +20,7 @@ class GroupDRO(DomainGeneralization):
         self.eta = float(eta)
         self.register_buffer("q", torch.zeros(0))
 
-    def objective(self, features, logits, labels, ce):
+    def objective(self, features, logits, labels, ce, target=None):
         if len(self.q) != len(ce):
             self.q = torch.full((len(ce),), 1.0 / len(ce), device=ce.device)
         with torch.no_grad():

@@ -29,7 +29,7 @@ class IRM(DomainGeneralization):
         super().__init__(*args, **kwargs)
         self.penalty_weight, self.anneal_fraction = float(penalty_weight), float(anneal_fraction)
 
-    def objective(self, features, logits, labels, ce):
+    def objective(self, features, logits, labels, ce, target=None):
         penalty = torch.stack([irm_penalty(z, y) for z, y in zip(logits, labels)]).mean()
         weight = self.penalty_weight if self.progress >= self.anneal_fraction else 1.0
         loss = ce.mean() + weight * penalty

@@ -97,3 +97,17 @@ def test_group_dro_under_ddp(cli, tmp_path):
     results = read_results(tmp_path)
     assert results["status"] == "completed" and results["config"]["trainer"]["devices"] == 2
     assert 0.5 <= results["metrics"]["train/q_max"] <= 1.0
+
+
+def test_m3sda_moment_distance_and_the_unlabeled_target(tmp_path):
+    from lightning_modules.m3sda import moment_distance
+
+    a = torch.tensor([[0.0, 0.0], [2.0, 2.0]])  # mean (1, 1), second moment (2, 2)
+    b = torch.tensor([[1.0, 1.0], [1.0, 1.0]])  # mean (1, 1), second moment (1, 1)
+    assert moment_distance([a, a], a).item() == 0.0
+    # k=1: all means equal -> 0; k=2: |(2,2)-(1,1)| = sqrt 2 between the sources and from source a to the target b
+    assert moment_distance([a, b], b).item() == pytest.approx(math.sqrt(2) / 2 + math.sqrt(2))
+    metrics, _ = train_in_process("model=m3sda", *THREE, *FAST, run_dir=tmp_path / "fit")
+    assert math.isfinite(metrics["train/moment_distance"]) and 0.0 <= metrics["test/acc"] <= 1.0
+    with pytest.raises(ConfigError, match="data.unlabeled_target=true"):
+        train_in_process("model=m3sda", *THREE, *FAST, "data.unlabeled_target=false", run_dir=tmp_path / "none")
