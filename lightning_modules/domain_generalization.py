@@ -12,25 +12,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from datamodules.multi import TARGET
 
-from .base import BaseMethod, ClassificationMetrics
-from .components.backbones import create_backbone
+from .supervised import Supervised
 
 
-class DomainGeneralization(BaseMethod):
-    def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
-                 scheduler_interval: str = "epoch"):
-        super().__init__(optimizer, scheduler, scheduler_interval)
-        self.save_hyperparameters(logger=False)
-        self.backbone = create_backbone(in_chans=in_chans, **backbone)
-        self.classifier = nn.Linear(self.backbone.num_features, num_classes)
-        self.metrics = ClassificationMetrics(num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone(x))
+class DomainGeneralization(Supervised):
+    """The supervised backbone + linear classifier, its val / test steps (training-domain val, held-out test),
+    trained on a batch of every training domain."""
 
     def training_step(self, batch: dict, batch_idx):
         names = [n for n in batch if n != TARGET]  # the labeled domains (an unlabeled target: multi-source DA)
@@ -39,7 +29,7 @@ class DomainGeneralization(BaseMethod):
         logits = [self.classifier(f) for f in features]
         ce = torch.stack([F.cross_entropy(z.float(), y) for z, y in zip(logits, ys)])
         losses = self.objective(list(features), logits, list(ys), ce, target=batch.get(TARGET))
-        self.log_train({k: v for k, v in losses.items()}, sum(len(y) for y in ys))
+        self.log_train(losses, sum(len(y) for y in ys))
         return self.check_finite(losses["train/loss"])
 
     def objective(self, features: list[torch.Tensor], logits: list[torch.Tensor], labels: list[torch.Tensor],
@@ -47,14 +37,6 @@ class DomainGeneralization(BaseMethod):
         """ERM. `ce`: the cross-entropy of each training domain's batch (D,); `target`: unlabeled target
         images (data.unlabeled_target=true), unused by ERM (the mixed-source baseline)."""
         return {"train/loss": ce.mean(), "train/ce": ce.mean()}
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.metrics.log_step(self, "val", self(x), y)
-
-    def test_step(self, batch, batch_idx):
-        x, y = batch
-        self.metrics.log_step(self, "test", self(x), y)
 
 
 ERM = DomainGeneralization
