@@ -23,6 +23,7 @@ from .base import BaseDataModule
 from .datasets import fetch_items
 from .errors import ConfigError, DataFormatError
 from .registry import Splits, load_dataset
+from .splits import class_balanced_subset
 
 
 class ImagesOnly(Dataset):
@@ -144,7 +145,7 @@ class PairDataModule(BaseDataModule):
 
     def __init__(self, source: dict, target: dict, steps_per_epoch: int | None = None,
                  train_target_labels: bool = False, target_classes: list | None = None,
-                 domain_schedule: str = "joint", **loader_options):
+                 domain_schedule: str = "joint", target_labels_per_class: int | None = None, **loader_options):
         super().__init__(**loader_options)
         self.source_spec, self.target_spec = dict(source), dict(target)
         if steps_per_epoch is not None and steps_per_epoch < 1:
@@ -160,6 +161,13 @@ class PairDataModule(BaseDataModule):
             raise ConfigError(f"data.target_classes={target_classes!r}: give a non-empty list of source class "
                               f"indices or names (e.g. data.target_classes=[0,1,2,3,4]), or null for all")
         self.target_classes = None if target_classes is None else list(target_classes)
+        if target_labels_per_class is not None and (isinstance(target_labels_per_class, bool)
+                                                    or not isinstance(target_labels_per_class, int)
+                                                    or target_labels_per_class < 1):
+            raise ConfigError(f"data.target_labels_per_class={target_labels_per_class!r} must be an integer >= 1 "
+                              f"(or null: no labeled target image)")
+        self.target_labels_per_class = target_labels_per_class
+        self.target_labeled: Dataset | None = None  # semi-supervised DA: k labeled target images per class
         self.source: Splits | None = None
         self.target: Splits | None = None
 
@@ -179,6 +187,20 @@ class PairDataModule(BaseDataModule):
                 keep = class_indices(self.target_classes, self.source.classes)
                 for split in ("train", "val", "test"):
                     setattr(self.target, split, only_classes(getattr(self.target, split), keep))
+            if self.target_labels_per_class is not None:
+                self.target_labeled = self._labeled_target(self.target_labels_per_class)
+
+    def _labeled_target(self, k: int) -> Dataset:
+        """k labeled target training images of every class (class-balanced, seeded by split_seed); they stay
+        in the unlabeled target set too, as in semi-supervised DA benchmarks (Saito et al. 2019)."""
+        labels = np.asarray(self.target.train.labels)
+        counts = np.bincount(labels, minlength=self.target.num_classes)
+        present = np.flatnonzero(counts)
+        smallest = present[counts[present].argmin()]
+        if k > counts[smallest]:
+            raise ConfigError(f"data.target_labels_per_class={k} is more than the target's smallest class has: "
+                              f"{counts[smallest]} training images of class '{self.target.classes[smallest]}'")
+        return self.target.train.subset(class_balanced_subset(labels, k * len(present), self.split_seed))
 
     @property
     def data_info(self) -> dict:
@@ -202,6 +224,8 @@ class PairDataModule(BaseDataModule):
         trainer = getattr(self, "trainer", None)
         steps = self.train_steps_per_epoch(trainer.world_size if trainer is not None else 1)
         loaders = {"source": self.shard_loader(self.source.train), "target": self.shard_loader(target)}
+        if self.target_labeled is not None:
+            loaders["target_labeled"] = self.shard_loader(self.target_labeled)
         return EndlessDomainLoader(loaders, steps, alternate=self.domain_schedule == "alternate")
 
     def val_dataloader(self):

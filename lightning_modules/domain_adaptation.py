@@ -112,6 +112,17 @@ class DomainAdaptation(BaseMethod):
     # ----------------------------------------------------------------------------------------
     # training helpers
 
+    uses_labeled_target = False  # semi-supervised DA: the method trains on batch["target_labeled"] too
+
+    @staticmethod
+    def labeled_examples(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The source batch, with the labeled target batch appended when there is one (semi-supervised DA)."""
+        xs, ys = batch["source"]
+        if "target_labeled" in batch:
+            xl, yl = batch["target_labeled"]
+            xs, ys = torch.cat([xs, xl]), torch.cat([ys, yl])
+        return xs, ys
+
     def source_loss(self, logits: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Cross-entropy on labeled source examples; logs train/source_loss and train/source_acc."""
         loss = F.cross_entropy(logits.float(), ys)
@@ -216,6 +227,10 @@ class DomainAdaptation(BaseMethod):
     # test
 
     def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if getattr(datamodule, "target_labeled", None) is not None and not self.uses_labeled_target:
+            raise ConfigError(f"data.target_labels_per_class is used by model=source_only (the S+T baseline) and "
+                              f"model=mme; {type(self).__name__} would ignore the labeled target images")
         self._after_plotted = False
         if self.tsne and self.trainer.is_global_zero:
             self.plot_features("before")
