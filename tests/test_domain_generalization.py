@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SHARED_DATA, compose, read_results, train_in_process
+from conftest import compose, read_results, train_in_process
 from datamodules.errors import ConfigError
 
 FAST = ("callbacks.progress_bar=null", "callbacks.learning_rate_monitor=null", "trainer.max_epochs=1",
