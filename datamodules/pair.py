@@ -17,6 +17,7 @@ keep their source indices; the classifier still has every source class.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .base import BaseDataModule
@@ -137,6 +138,15 @@ def only_classes(dataset: Dataset, keep: list[int]) -> Dataset:
     return dataset.subset(idx) if hasattr(dataset, "subset") else Subset(dataset, idx.tolist())
 
 
+def relabeled(dataset: Dataset, labels: torch.Tensor) -> Dataset:
+    """A copy of an in-memory or file dataset whose labels are `labels` (same order)."""
+    new = dataset.subset(np.arange(len(dataset)))
+    new.labels = torch.as_tensor(labels, dtype=torch.long)
+    if hasattr(new, "samples"):  # image files carry their label beside the path
+        new.samples = [(path, int(y)) for (path, _), y in zip(new.samples, new.labels)]
+    return new
+
+
 DOMAIN_SCHEDULES = ("joint", "alternate")
 
 
@@ -145,7 +155,8 @@ class PairDataModule(BaseDataModule):
 
     def __init__(self, source: dict, target: dict, steps_per_epoch: int | None = None,
                  train_target_labels: bool = False, target_classes: list | None = None,
-                 domain_schedule: str = "joint", target_labels_per_class: int | None = None, **loader_options):
+                 domain_schedule: str = "joint", target_labels_per_class: int | None = None,
+                 known_classes: int | None = None, **loader_options):
         super().__init__(**loader_options)
         self.source_spec, self.target_spec = dict(source), dict(target)
         if steps_per_epoch is not None and steps_per_epoch < 1:
@@ -168,6 +179,13 @@ class PairDataModule(BaseDataModule):
                               f"(or null: no labeled target image)")
         self.target_labels_per_class = target_labels_per_class
         self.target_labeled: Dataset | None = None  # semi-supervised DA: k labeled target images per class
+        if known_classes is not None and (isinstance(known_classes, bool) or not isinstance(known_classes, int)
+                                          or known_classes < 2):
+            raise ConfigError(f"data.known_classes={known_classes!r} must be an integer >= 2 (the first K source "
+                              f"classes are known, the target's others unknown), or null (closed set)")
+        if known_classes is not None and target_classes is not None:
+            raise ConfigError("data.known_classes (open set) and data.target_classes (partial) exclude each other")
+        self.known_classes = known_classes
         self.source: Splits | None = None
         self.target: Splits | None = None
 
@@ -187,8 +205,27 @@ class PairDataModule(BaseDataModule):
                 keep = class_indices(self.target_classes, self.source.classes)
                 for split in ("train", "val", "test"):
                     setattr(self.target, split, only_classes(getattr(self.target, split), keep))
+            if self.known_classes is not None:
+                self._open_set(self.known_classes)
             if self.target_labels_per_class is not None:
                 self.target_labeled = self._labeled_target(self.target_labels_per_class)
+
+    def _open_set(self, k: int) -> None:
+        """Open-set DA (Panareda Busto & Gall 2017; Saito et al. 2018): the source keeps its first k classes, the
+        target keeps all of its images and its other classes become one label, k ("unknown")."""
+        classes = list(self.source.classes)
+        if k >= len(classes):
+            raise ConfigError(f"data.known_classes={k}: an open-set run needs target classes unknown to the source, "
+                              f"but the data has only {len(classes)} classes; choose K < {len(classes)}")
+        for split in ("train", "val", "test"):
+            setattr(self.source, split, only_classes(getattr(self.source, split), list(range(k))))
+            target = getattr(self.target, split)
+            setattr(self.target, split, relabeled(target, torch.as_tensor(target.labels).clamp(max=k)))
+        if not (torch.as_tensor(self.target.test.labels) == k).any():
+            raise ConfigError(f"data.known_classes={k}: the target's test split has no image of a class beyond "
+                              f"the first {k}, so there is no unknown class to find")
+        self.source.classes = classes[:k]
+        self.target.classes = classes[:k] + ["unknown"]
 
     def _labeled_target(self, k: int) -> Dataset:
         """k labeled target training images of every class (class-balanced, seeded by split_seed); they stay
@@ -205,7 +242,8 @@ class PairDataModule(BaseDataModule):
     @property
     def data_info(self) -> dict:
         channels, height, _ = self.source.shape
-        return {"num_classes": self.source.num_classes, "in_chans": channels, "image_size": height}
+        return {"num_classes": self.source.num_classes, "in_chans": channels, "image_size": height,
+                "open_set": self.known_classes is not None}
 
     def _splits(self, domain: str | None):
         if domain not in ("source", "target"):

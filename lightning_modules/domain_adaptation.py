@@ -21,6 +21,10 @@ validator scores and target test accuracy.
 
 Evaluation (test):
 - `test/target_acc` (headline), `test/source_acc`, per-class `test/target_acc_class/<name>`;
+- open-set runs (`data.known_classes=K`: target classes beyond the source's K are "unknown", label K):
+  `test/known_acc` (OS*, the mean accuracy over the known classes), `test/unknown_recall` and their harmonic
+  mean `test/h_score` (Fu et al. 2020); a K-way classifier calls a target image unknown when its top
+  probability is below `unknown_threshold`, a (K+1)-way one (OSBP) when it predicts class K;
 - `test/domain_acc` and `test/proxy_a_distance`: a logistic-regression domain classifier trained on
   half of the source+target test features and scored on the other half; proxy A-distance
   d_A = 2 (1 - 2 err) (Ben-David et al. 2007; Ganin et al. 2016, Sec. 5.1.4);
@@ -54,6 +58,14 @@ SELECT_CHOICES = ("last", "best", "best_target_oracle")
 DOMAINS = ("target", "source")  # dataloader_idx 0 and 1 of the pair's val/test loaders
 
 
+def open_set_scores(per_class_acc: torch.Tensor) -> dict[str, float]:
+    """From the K+1 per-class target accuracies (the last: unknown): OS* = mean over the K known classes,
+    the unknown class's recall, and their harmonic mean, the H-score (Fu et al., ECCV 2020)."""
+    known, unknown = float(per_class_acc[:-1].mean()), float(per_class_acc[-1])
+    h = 2 * known * unknown / (known + unknown) if known + unknown > 0 else 0.0
+    return {"known_acc": known, "unknown_recall": unknown, "h_score": h}
+
+
 def domain_separability(source: np.ndarray, target: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """(domain-classifier accuracy, proxy A-distance) from a linear classifier on half the features."""
     from sklearn.linear_model import LogisticRegression
@@ -74,7 +86,8 @@ class DomainAdaptation(BaseMethod):
 
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  scheduler_interval: str = "step", select: str = "best", validator: str = "im",
-                 upper_bound: bool = True, tsne: bool = True, tsne_points: int = 300):
+                 upper_bound: bool = True, tsne: bool = True, tsne_points: int = 300, open_set: bool = False,
+                 unknown_threshold: float = 0.5):
         super().__init__(optimizer, scheduler, scheduler_interval)
         self.save_hyperparameters(logger=False)
         if select not in SELECT_CHOICES:
@@ -87,12 +100,15 @@ class DomainAdaptation(BaseMethod):
         self._val_outputs: dict[str, list] = {}
         self._after_plotted = False  # set when on_fit_end drew plots/tsne_after.png
         self.num_classes = num_classes
+        self.open_set, self.unknown_threshold = bool(open_set), float(unknown_threshold)
+        target_classes = num_classes + 1 if self.open_set else num_classes  # open set: label K = unknown
         self.backbone = create_backbone(in_chans=in_chans, **backbone)
         self.classifier = nn.Linear(self.backbone.num_features, num_classes)
         acc = lambda: MulticlassAccuracy(num_classes, average="micro")  # noqa: E731
         self.train_acc = acc()
-        self.eval_acc = nn.ModuleDict({f"{stage}_{dom}": acc() for stage in ("val", "test") for dom in DOMAINS})
-        self.target_class_acc = MulticlassAccuracy(num_classes, average=None)
+        self.eval_acc = nn.ModuleDict({f"{stage}_{dom}": MulticlassAccuracy(
+            target_classes if dom == "target" else num_classes, average="micro") for stage in ("val", "test") for dom in DOMAINS})
+        self.target_class_acc = MulticlassAccuracy(target_classes, average=None)
         self._best_score, self._best_state, self.selected_epoch = float("-inf"), None, None
         self._test_features: dict[str, list] = {}
 
@@ -108,6 +124,15 @@ class DomainAdaptation(BaseMethod):
 
     def predict(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         return self.classifier(self.features(x, domain))
+
+    def predicted_class(self, logits: torch.Tensor, domain: str) -> torch.Tensor:
+        """argmax; in an open-set run a target image is unknown (K) when a K-way classifier's top probability
+        is below `unknown_threshold` (a (K+1)-way one predicts K itself)."""
+        pred = logits.argmax(1)
+        if self.open_set and domain == "target" and logits.shape[1] == self.num_classes:
+            pred = torch.where(logits.float().softmax(1).amax(1) < self.unknown_threshold,
+                               torch.full_like(pred, self.num_classes), pred)
+        return pred
 
     # ----------------------------------------------------------------------------------------
     # training helpers
@@ -151,7 +176,7 @@ class DomainAdaptation(BaseMethod):
         domain = DOMAINS[dataloader_idx]
         feats = self.features(x, domain)
         logits = self.classifier(feats)
-        self.eval_acc[f"val_{domain}"].update(logits, y)
+        self.eval_acc[f"val_{domain}"].update(self.predicted_class(logits, domain), y)
         # the validators' inputs: target labels are kept out of them (only val/target_acc uses them)
         self._val_outputs.setdefault(domain, []).append((feats.detach().float(), logits.detach().float(), y))
 
@@ -198,7 +223,7 @@ class DomainAdaptation(BaseMethod):
             return float("nan")
         correct = total = 0
         for x, y in datamodule.eval_loader(datamodule.split("test", "target")):
-            pred = self.predict(x.to(self.device), "target").argmax(1).cpu()
+            pred = self.predicted_class(self.predict(x.to(self.device), "target"), "target").cpu()
             correct += int((pred == y).sum())
             total += len(y)
         return correct / max(total, 1)
@@ -239,10 +264,10 @@ class DomainAdaptation(BaseMethod):
         x, y = batch
         domain = DOMAINS[dataloader_idx]
         feats = self.features(x, domain)
-        logits = self.classifier(feats)
-        self.eval_acc[f"test_{domain}"].update(logits, y)
+        pred = self.predicted_class(self.classifier(feats), domain)
+        self.eval_acc[f"test_{domain}"].update(pred, y)
         if domain == "target":
-            self.target_class_acc.update(logits, y)
+            self.target_class_acc.update(pred, y)
         self._test_features.setdefault(domain, []).append((feats.detach().float(), y))
 
     def on_test_epoch_start(self) -> None:
@@ -255,9 +280,12 @@ class DomainAdaptation(BaseMethod):
                 self.log(f"test/{dom}_acc", metric.compute())
             metric.reset()
         if self.target_class_acc.update_count:
-            classes = self.class_names()
-            for name, value in zip(classes, self.target_class_acc.compute()):
+            per_class = self.target_class_acc.compute()
+            for name, value in zip(self.class_names(), per_class):
                 self.log(f"test/target_acc_class/{name}", value)
+            if self.open_set:
+                for key, value in open_set_scores(per_class).items():
+                    self.log(f"test/{key}", value)
             self.target_class_acc.reset()
         if self.select != "last" and self.selected_epoch is not None:
             self.log("test/selected_epoch", float(self.selected_epoch))
@@ -285,7 +313,8 @@ class DomainAdaptation(BaseMethod):
     def class_names(self) -> list[str]:
         datamodule = getattr(self.trainer, "datamodule", None)
         source = getattr(datamodule, "source", None)
-        return list(source.classes) if source is not None else [str(i) for i in range(self.num_classes)]
+        names = list(source.classes) if source is not None else [str(i) for i in range(self.num_classes)]
+        return names + ["unknown"] if self.open_set else names
 
     # ----------------------------------------------------------------------------------------
     # t-SNE
