@@ -12,26 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
-from .datasets import fetch_items
+from .datasets import ItemView
 from .multiview import MultiViewDataModule, RawImages, ViewsDataset
 
 
-class WithIndex(Dataset):
+class WithIndex(ItemView):
     """Appends the dataset index to each item: `(*item, i)`."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return (*self.dataset[i], i)
-
-    def __getitems__(self, indices: list[int]) -> list:
-        return [(*item, i) for item, i in zip(fetch_items(self.dataset, indices), indices)]
+    def item(self, original, i):
+        return (*original, i)
 
 
 class ClusterBalancedSampler(Sampler):

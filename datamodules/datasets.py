@@ -80,6 +80,26 @@ def fetch_items(dataset: Dataset, indices: list[int]) -> list:
     return fetch(indices) if fetch is not None else [dataset[i] for i in indices]
 
 
+class ItemView(Dataset):
+    """A dataset whose items are another's, each passed through `item(original, index)` (one batched fetch
+    when the wrapped dataset has one): hide labels, append positions, and the like."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def item(self, original, i: int):
+        raise NotImplementedError
+
+    def __getitem__(self, i):
+        return self.item(self.dataset[i], i)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        return [self.item(original, i) for original, i in zip(fetch_items(self.dataset, indices), indices)]
+
+
 def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
     return x_uint8.float().div(127.5).sub(1.0)

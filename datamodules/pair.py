@@ -21,27 +21,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .base import BaseDataModule
-from .datasets import fetch_items
+from .datasets import ItemView
 from .errors import ConfigError, DataFormatError
 from .registry import Splits, load_dataset
 from .splits import class_balanced_subset
 
 
-class ImagesOnly(Dataset):
+class ImagesOnly(ItemView):
     """Hides labels: yields only the image of each `(image, label)`."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return self.dataset[i][0]
-
-    def __getitems__(self, indices: list[int]) -> list:
-        """Batched fetch when the wrapped dataset has one (in-memory splits), else item by item."""
-        return [x for x, _ in fetch_items(self.dataset, indices)]
+    def item(self, original, i):
+        return original[0]
 
 
 def subsample(dataset: Dataset, size: int | None, seed: int, where: str) -> Dataset:

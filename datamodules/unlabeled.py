@@ -7,26 +7,17 @@ option for a source dataset, so a run cannot read one.
 """
 from __future__ import annotations
 
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
-from .datasets import fetch_items
+from .datasets import ItemView
 from .labeled import LabeledDataModule
 
 
-class PositionsNotLabels(Dataset):
+class PositionsNotLabels(ItemView):
     """Items `(image, position in the split)`: the label of each `(image, label)` is dropped."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return self.dataset[i][0], i
-
-    def __getitems__(self, indices: list[int]) -> list:
-        return [(x, i) for (x, _), i in zip(fetch_items(self.dataset, indices), indices)]
+    def item(self, original, i):
+        return original[0], i
 
 
 class UnlabeledDataModule(LabeledDataModule):
