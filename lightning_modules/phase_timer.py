@@ -5,7 +5,8 @@
 
 Phases (seconds, wall clock, this process):
   train_steps      forward, backward and optimizer step (on_train_batch_start -> on_train_batch_end)
-  train_data       waiting for the next training batch (batch end -> next batch start, epoch start -> first)
+  train_data       batch end -> next batch start (epoch start -> first): the DataLoader fetch, the transfer
+                   to the device and on_after_batch_transfer (the batched views of SSL methods are made there)
   validation       validation loops, the sanity check included (the SSL kNN/probe evaluation runs here)
   test             the test loop
   checkpoints      Trainer.save_checkpoint (ModelCheckpoint's top-k and last.ckpt)
