@@ -185,6 +185,21 @@ def on_device(*modules):
     return torch.device("cuda"), torch.autocast("cuda", dtype=torch.bfloat16)
 
 
+def timed_steps(loss_of, opt, steps: int) -> float:
+    """Seconds of `steps` optimizer steps on `loss_of()` (the GPU synchronised at the end)."""
+    import torch
+
+    started = time.perf_counter()
+    for _ in range(steps):
+        loss = loss_of()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if GPU:
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
 def bare_simclr(folder: Path) -> None:
     """SimCLR's training steps with nothing around them: PIL reads the folder into one uint8 tensor,
     then the project's encoder, projector, NT-Xent and batched views for SIMCLR_STEPS steps."""
@@ -211,18 +226,14 @@ def bare_simclr(folder: Path) -> None:
     device, autocast = on_device(backbone, projector)
     opt = torch.optim.Adam([*backbone.parameters(), *projector.parameters()], lr=1e-3, weight_decay=1e-6)
     g, gd = torch.Generator().manual_seed(0), torch.Generator(device).manual_seed(0)
-    started = time.perf_counter()
-    for _ in range(SIMCLR_STEPS):
+
+    def loss_of():
         batch = x[torch.randint(len(x), (256,), generator=g)].to(device)
         with autocast:
             z1, z2 = projector(backbone(torch.cat([views.batch(batch, gd), views.batch(batch, gd)]))).chunk(2)
-            loss = nt_xent(z1, z2, 0.2, gather=False)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    if GPU:
-        torch.cuda.synchronize()
-    print(json.dumps({"read_s": read_s, "train_s": time.perf_counter() - started, "steps": SIMCLR_STEPS}))
+            return nt_xent(z1, z2, 0.2, gather=False)
+
+    print(json.dumps({"read_s": read_s, "train_s": timed_steps(loss_of, opt, SIMCLR_STEPS), "steps": SIMCLR_STEPS}))
 
 
 def bare_lite0(folder: Path) -> None:
@@ -249,17 +260,13 @@ def bare_lite0(folder: Path) -> None:
     opt = torch.optim.Adam([{"params": head.parameters(), "lr": 1e-3},
                             {"params": backbone.parameters(), "lr": 1e-4}])
     g = torch.Generator().manual_seed(0)
-    started = time.perf_counter()
-    for _ in range(LITE0_STEPS):
+
+    def loss_of():
         i = torch.randint(len(y), (32,), generator=g)
         with autocast:
-            loss = F.cross_entropy(head(backbone(x[i].to(device).float().div(127.5).sub(1))), y[i].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    if GPU:
-        torch.cuda.synchronize()
-    print(json.dumps({"read_s": read_s, "train_s": time.perf_counter() - started, "steps": LITE0_STEPS}))
+            return F.cross_entropy(head(backbone(x[i].to(device).float().div(127.5).sub(1))), y[i].to(device))
+
+    print(json.dumps({"read_s": read_s, "train_s": timed_steps(loss_of, opt, LITE0_STEPS), "steps": LITE0_STEPS}))
 
 
 def row_arms(row: str) -> dict:
@@ -324,6 +331,16 @@ def measure_row(row_name: str, repeats: int) -> dict:
     return rows
 
 
+def arm_table(rows: dict, bare: float) -> list[str]:
+    """One line per arm: median wall, ratio to the bare loop, every run, peak RSS."""
+    lines = ["| arm | wall s (median) | vs bare loop | runs | peak RSS MB |", "|---|---|---|---|---|"]
+    for name, rs in rows.items():
+        wall = statistics.median(r["wall_s"] for r in rs)
+        runs = ", ".join(f"{r['wall_s']:.1f}" for r in rs)
+        lines.append(f"| {name} | {wall:.1f} | {wall / bare:.2f}x | {runs} | {max(r['maxrss_mb'] for r in rs):.0f} |")
+    return lines
+
+
 def report_part2(row: str, rows: dict, machine: str) -> str:
     what = {"simclr": f"SimCLR, 10,000-image 32 px colour PNG folder, batch 256, {SIMCLR_STEPS} training steps, then the "
                       "default evaluation (kNN + linear probe on val and test, t-SNE plot)",
@@ -334,12 +351,7 @@ def report_part2(row: str, rows: dict, machine: str) -> str:
     lines = [f"## {row}: {what}", "",
              f"Machine: {machine}; 1-min load average before each run {min(loads):.1f}-{max(loads):.1f}. Median of "
              f"{len(rows['bare loop'])} alternating runs; `python benchmarks/folder_speed.py --rows {row}`.", "",
-             "| arm | wall s (median) | vs bare loop | runs | peak RSS MB |", "|---|---|---|---|---|"]
-    for name, rs in rows.items():
-        wall = statistics.median(r["wall_s"] for r in rs)
-        runs = ", ".join(f"{r['wall_s']:.1f}" for r in rs)
-        lines.append(f"| {name} | {wall:.1f} | {wall / bare:.2f}x | {runs} | "
-                     f"{max(r['maxrss_mb'] for r in rs):.0f} |")
+             *arm_table(rows, bare)]
     b = rows["bare loop"]
     bare_train = statistics.median(r["train_s"] for r in b)
     lines += ["", f"Bare loop: reading the files {statistics.median(r['read_s'] for r in b):.1f} s, training steps "
@@ -388,12 +400,7 @@ def report(rows: dict, machine: str) -> str:
              f"DANN MNIST -> USPS from PNG folders (2,000 / 1,800 images), {STEPS} steps of batch {BATCH}, training only. "
              f"Machine: {machine}. Median of {len(rows['bare loop'])} alternating runs; generated by "
              "`python benchmarks/folder_speed.py`.", "",
-             "| arm | wall s (median) | vs bare loop | runs | peak RSS MB |", "|---|---|---|---|---|"]
-    for name, rs in rows.items():
-        wall = statistics.median(r["wall_s"] for r in rs)
-        runs = ", ".join(f"{r['wall_s']:.1f}" for r in rs)
-        lines.append(f"| {name} | {wall:.1f} | {wall / bare:.2f}x | {runs} | "
-                     f"{max(r['maxrss_mb'] for r in rs):.0f} |")
+             *arm_table(rows, bare)]
     b = rows["bare loop"]
     bare_train = statistics.median(r["train_s"] for r in b)
     start = statistics.median(r["wall_s"] for r in rows["project, start-up only (train=false)"])
