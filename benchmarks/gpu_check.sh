@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # GPU check (issue #9): SimCLR with a ResNet-18 on CIFAR-shaped data, DDPM, and DANN, each under fp32, fp16
 # and bf16, printing steady-state images/s and peak GPU memory (torch.cuda.max_memory_allocated).
+# Then (issue #27) the image-folder rows of benchmarks/folder_speed.py on the GPU, bf16 and channels-last:
+# DANN M->U on PNG folders, SimCLR on a 10,000-image 32 px folder, Lite0 fine-tuning on Office-31 webcam
+# at 224 px; project (cache cold, cache warm) vs bare loop, whole process, one run each
+# (tables: benchmarks/results/folder_speed_*_gpu.md; needs ../shared/data). FOLDERS=0 skips them.
 # Synthetic data (random uint8 npz files), so nothing is downloaded. Each run is bounded by a fixed number
 # of steps (--warmup + --steps batches of one epoch); the whole check takes a few minutes on an H100.
 #
@@ -30,5 +34,10 @@ trap 'rm -rf "$WORK"' EXIT
   # each run: 5 warm-up + 40 timed steps; `timeout` bounds the whole check even if a run hangs
   timeout 900 "$PYTHON" benchmarks/throughput.py --part gpu $DRY_RUN --warmup 5 --steps "${STEPS:-40}" \
     --work "$WORK" --out "$WORK/gpu.json"
+  if [[ -z "$DRY_RUN" && "${FOLDERS:-1}" == "1" ]]; then
+    timeout 1200 "$PYTHON" benchmarks/folder_speed.py --gpu --rows simclr lite0 dann --repeats "${REPEATS:-1}" \
+      --machine "$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name(0))"), bf16, channels-last" \
+      | grep -E '^\||^##|^Bare|load|^    python' || echo "folder_speed rows failed (exit $?)"
+  fi
 } 2>&1 | grep -v -E '^[┏┃┡│└━]|^ {20,}|params|Modules in|FLOPs|^Epoch ' | tee "$OUT"
 echo "written: $OUT"

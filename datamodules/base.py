@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from .datasets import ImageFileDataset, TensorImageDataset
 from .decoded_cache import check_cache_option
 from .errors import ConfigError
+from .streaming import ShardStream, StreamLoader
 from .train_augment import AffineAugment
 
 
@@ -110,13 +111,15 @@ class BaseDataModule(pl.LightningDataModule):
         if workers is None:
             while not isinstance(dataset, (TensorImageDataset, ImageFileDataset)) and hasattr(dataset, "dataset"):
                 dataset = dataset.dataset  # through views / index / subset wrappers
-            in_memory = not isinstance(dataset, ImageFileDataset)
+            in_memory = not isinstance(dataset, (ImageFileDataset, ShardStream))
             workers = 0 if in_memory else min(4, max(0, (os.cpu_count() or 1) - torch.get_num_threads()))
         return {"num_workers": workers, "persistent_workers": bool(self.persistent_workers_option and workers > 0)}
 
     def loader(self, dataset: Dataset, train: bool, batch_size: int | None = None, steps: int | None = None) -> DataLoader:
         """`steps`: a training epoch of exactly that many batches, drawn from reshuffled passes over `dataset`."""
         size = batch_size or (self.batch_size if train else self.eval_batch_size)
+        if isinstance(dataset, ShardStream):
+            return self.stream_loader(dataset, size, steps)
         sampler = RandomSampler(dataset, num_samples=steps * size) if train and steps else None
         return DataLoader(
             dataset,
@@ -139,6 +142,19 @@ class BaseDataModule(pl.LightningDataModule):
                                      seed=self.split_seed, drop_last=len(dataset) >= world)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, pin_memory=self.pin_memory,
                           drop_last=len(dataset) // world > self.batch_size, **self.worker_options(dataset))
+
+    def stream_loader(self, dataset: ShardStream, size: int, steps: int | None) -> DataLoader:
+        """The streamed train split: this process's rank and world size (set by now: Lightning asks for the
+        loader after the process group starts), the epoch from the Trainer at each epoch's start."""
+        if steps:
+            raise ConfigError("data.steps_per_epoch does not apply with data.cache=stream (an epoch is one "
+                              "pass over the shards); set it to null")
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        dataset.seed = torch.initial_seed() % 2**31  # the run's seed (seed_everything), alike on every rank
+        return StreamLoader(dataset.distributed(rank, world, size), lambda: trainer.current_epoch if trainer else 0,
+                            batch_size=size, drop_last=True, pin_memory=self.pin_memory,
+                            **self.worker_options(dataset))
 
     @property
     def data_info(self) -> dict:

@@ -11,6 +11,8 @@ augmentation on the device).
   pickle), keyed by the split's file list, sizes, modification times and the conversion; a second run of
   the same folder loads it in seconds, a changed, added or removed file gives another key (a rebuild).
 - `none`: read each image from its file when the DataLoader asks for it (any size of folder).
+- `stream`: the train split converted once into shards and streamed, each DDP rank reading its own part
+  (`datamodules/streaming.py`); val and test follow `auto`.
 
 The budget is `data.cache_max_gb`, or half of the memory available when the run starts.
 """
@@ -31,7 +33,7 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CACHE_CHOICES = ("auto", "memory", "disk", "none")
+CACHE_CHOICES = ("auto", "memory", "disk", "none", "stream")
 FORMAT_VERSION = 1  # bump when the decoded values of a file change (resize rule, channel rule)
 
 
@@ -128,10 +130,20 @@ def _save_cached(path: Path, images: torch.Tensor) -> None:
         log.warning("could not write the decoded cache %s: %s", path, err)
 
 
+def cache_root(cache_dir: str | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
 def cached_file_dataset(files: ImageFileDataset, cache: str, cache_dir: str | None, cache_max_gb: float | None,
-                        where: str):
-    """`files` decoded once (a `TensorImageDataset`) when `cache` and the budget allow, else `files`."""
+                        where: str, train: bool = False):
+    """`files` decoded once (a `TensorImageDataset`) when `cache` and the budget allow, streamed from shards
+    (`stream`, the train split), else `files`."""
     check_cache_option(cache, cache_max_gb)
+    if cache == "stream" and len(files) and train:
+        from .streaming import ShardStream, write_shards
+
+        return ShardStream(write_shards(files, cache_root(cache_dir) / "shards" / cache_key(files), where=where))
+    cache = "auto" if cache == "stream" else cache
     if cache == "none" or len(files) == 0:
         return files
     need, budget = decoded_bytes(files), memory_budget_bytes(cache_max_gb)
@@ -140,12 +152,12 @@ def cached_file_dataset(files: ImageFileDataset, cache: str, cache_dir: str | No
                    f"{budget / 1e9:.2f} GB (data.cache_max_gb, default half the available memory)")
         if cache != "auto":
             raise ConfigError(f"data.cache={cache}: {message}; use data.cache=auto or none to read files per step")
-        log.info("%s: reading the images from their files at every step (data.cache=auto)", message)
+        log.info("%s: reading the images from their files at every step (data.cache=auto; data.cache=stream "
+                 "converts the train split once into shards instead)", message)
         return files
     path = None
     if cache in ("auto", "disk"):
-        path = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        path = path / "decoded" / f"{cache_key(files)}.npy"
+        path = cache_root(cache_dir) / "decoded" / f"{cache_key(files)}.npy"
         images = _load_cached(path, files) if path.is_file() else None
         if images is not None:
             log.info("%s: %d decoded images from the cache %s", where, len(files), path)

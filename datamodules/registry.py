@@ -374,9 +374,9 @@ def _call_builder(name: str, builder: Callable, options: dict, where: str) -> Ra
     return builder(**options)
 
 
-def _as_dataset(part, image_size, channels, cache: dict, where: str):
+def _as_dataset(part, image_size, channels, cache: dict, where: str, train: bool = False):
     if isinstance(part, list):
-        return cached_file_dataset(ImageFileDataset(part, image_size, channels), where=where, **cache)
+        return cached_file_dataset(ImageFileDataset(part, image_size, channels), where=where, train=train, **cache)
     images, labels = part
     return TensorImageDataset(images, labels, image_size, channels)
 
@@ -468,7 +468,8 @@ def load_dataset(
     parts = carve_splits(raw, val_fraction, test_fraction, split_seed, fold)
     check_cache_option(cache, cache_max_gb)
     cache_options = dict(cache=cache, cache_dir=cache_dir, cache_max_gb=cache_max_gb)
-    datasets = {split: _as_dataset(parts[split], image_size, channels, cache_options, f"{where} {split}")
+    datasets = {split: _as_dataset(parts[split], image_size, channels, cache_options, f"{where} {split}",
+                                   train=split == "train")
                 for split in SPLIT_NAMES}
     if len(datasets["train"]) == 0:
         raise DataFormatError(f"{where}: the train split is empty (lower data.val_fraction / test_fraction)")
