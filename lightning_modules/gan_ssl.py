@@ -38,6 +38,15 @@ class DCGANPretext(SSLMethod):
         self.generator = ConvDecoder(latent_dim, in_chans, image_size, **(generator or {}))
         self.disc_head = nn.Linear(self.backbone.num_features, 1)
 
+    def setup(self, stage: str) -> None:
+        """DDP: each of the two backward passes leaves the other network without gradients, which DDP must be told
+        (the `ddp_find_unused_parameters_true` strategy), before it wraps the module."""
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy):
+            strategy._ddp_kwargs["find_unused_parameters"] = True
+
     def discriminate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.backbone(x)
         return self.disc_head(h).float(), h

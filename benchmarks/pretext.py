@@ -1,0 +1,141 @@
+"""Pretext-task benchmark: every pretext method beside rotation, SimCLR, MoCo and a random-init encoder.
+
+    nice -n 10 python benchmarks/pretext.py --jobs 2                        # MNIST and digits_m, seeds 0 1 2
+    python benchmarks/pretext.py --datasets digits_m --seeds 0 --methods jigsaw random_init
+    python benchmarks/pretext.py --report-only                              # rebuild the table from finished runs
+
+Protocol (the same for every method, stated in the report): the `small_cnn` encoder with widths 16-32-64
+(64-d pooled features; `ddpm_encoder` uses its own U-Net down path, base 16 channels, 64-d features), batch 128,
+Adam (each method's own learning rate: 1e-3, DCGAN 2e-4 with beta1 0.5, DDPM 2e-3), kNN (k=20) and the online linear
+probe on held-out test images. MNIST = ../shared/data/mnist_test.npz split 8,000 train / 2,000 test
+(`experiment=ssl_mnist`), 3 epochs; digits_m = the embedded colour digits, 1,437 train / 360 test, 15 epochs.
+Each method uses its own config's augmentation (pretext tasks: one mildly cropped view). The random-init rows
+run the same module with `model.train_encoder=false` (only BatchNorm statistics and the probe adapt).
+Colorization needs colour images, so it has no MNIST row. Every run is single-threaded; finished runs
+(outputs/benchmarks/pretext/<dataset>/<method>/seed<k>/results.json) are reused. Writes
+benchmarks/results/pretext.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "outputs" / "benchmarks" / "pretext"
+REPORT = ROOT / "benchmarks" / "results" / "pretext.md"
+
+# method name in the table -> run.py overrides
+METHODS = {
+    "autoencoder": ["model=autoencoder"],
+    "denoising_autoencoder": ["model=autoencoder", "model.noise=masking"],
+    "vae_ssl": ["model=vae_ssl"],
+    "colorization": ["model=colorization"],
+    "inpainting": ["model=inpainting"],
+    "gan_ssl": ["model=gan_ssl"],
+    "ddpm_encoder": ["model=ddpm_encoder"],
+    "relative_position": ["model=relative_position"],
+    "jigsaw": ["model=jigsaw"],
+    "rotation": ["model=rotation"],
+    "simclr": ["model=simclr"],
+    "moco": ["model=moco"],
+    "random_init": ["model=rotation", "model.train_encoder=false"],
+    "random_init_unet": ["model=ddpm_encoder", "model.train_encoder=false"],
+}
+FAMILY = {"autoencoder": "generation", "denoising_autoencoder": "generation", "vae_ssl": "generation",
+          "colorization": "generation", "inpainting": "generation", "gan_ssl": "generation",
+          "ddpm_encoder": "generation", "relative_position": "context", "jigsaw": "context", "rotation": "context",
+          "simclr": "contrastive", "moco": "contrastive", "random_init": "baseline", "random_init_unet": "baseline"}
+DATASETS = {
+    "mnist": ["experiment=ssl_mnist", "trainer.max_epochs=3"],
+    "digits_m": ["data=digits_m", "data.batch_size=128", "data.val_fraction=0.0", "data.augment.flip_p=0.0",
+                 "trainer.max_epochs=15", "+model.backbone.widths=[16,32,64]"],
+}
+GREY = {"mnist"}  # colorization has nothing to predict there
+
+
+def run_dir(dataset: str, method: str, seed: int) -> Path:
+    return OUT / dataset / method / f"seed{seed}"
+
+
+def command(dataset: str, method: str, seed: int) -> list[str]:
+    return [sys.executable, str(ROOT / "run.py"), *METHODS[method], *DATASETS[dataset], f"seed={seed}",
+            "model.evaluation.tsne=false", "callbacks.progress_bar=null", "logger=csv",
+            f"hydra.run.dir={run_dir(dataset, method, seed)}"]
+
+
+def read(dataset: str, method: str, seed: int) -> dict | None:
+    path = run_dir(dataset, method, seed) / "results.json"
+    if not path.is_file():
+        return None
+    res = json.loads(path.read_text())
+    return res if res.get("status") == "completed" else None
+
+
+def run_one(job) -> tuple:
+    if read(*job) is None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        cmd = command(*job)
+        print("running:", " ".join(cmd[2:]), flush=True)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"FAILED {job}:\n{proc.stderr[-1500:]}", flush=True)
+    return job, read(*job)
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.mean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+
+
+def table(datasets: list[str]) -> str:
+    lines = ["| dataset | method | family | seeds | s / run | test/knn_acc | test/linear_acc | kNN - random | linear - random |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for dataset in datasets:
+        runs = {m: [r for s in range(3) if (r := read(dataset, m, s))] for m in METHODS}
+        base = {"knn": [r["metrics"]["test/knn_acc"] * 100 for r in runs["random_init"]],
+                "lin": [r["metrics"]["test/linear_acc"] * 100 for r in runs["random_init"]]}
+        for method, rs in runs.items():
+            if not rs:
+                continue
+            knn = [r["metrics"]["test/knn_acc"] * 100 for r in rs]
+            lin = [r["metrics"]["test/linear_acc"] * 100 for r in rs]
+            gap = lambda v, b: f"{statistics.mean(v) - statistics.mean(b):+.1f}" if b and method != "random_init" else "-"  # noqa: E731
+            wall = statistics.mean(r["wall_time_s"] for r in rs)
+            lines.append(f"| {dataset} | {method} | {FAMILY[method]} | {len(rs)} | {wall:.0f} | {fmt(knn)} | {fmt(lin)} | "
+                         f"{gap(knn, base['knn'])} | {gap(lin, base['lin'])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (each single-threaded)")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if not args.report_only:
+        jobs = [(d, m, s) for s in args.seeds for d in args.datasets for m in args.methods
+                if not (m == "colorization" and d in GREY)]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for _ in pool.map(run_one, jobs):
+                pass
+    text = table(list(DATASETS))
+    print(text)
+    header = REPORT.read_text().split("<!-- table -->")[0] if REPORT.is_file() else "# Pretext tasks\n\n"
+    REPORT.write_text(f"{header}<!-- table -->\n{text}\n\nGenerated {datetime.date.today()} by "
+                      f"`python benchmarks/pretext.py`; machine: {platform.machine()} {os.cpu_count()}-core CPU, "
+                      f"no GPU, shared with other jobs (each run one thread).\n")
+
+
+if __name__ == "__main__":
+    main()
