@@ -12,8 +12,10 @@
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
+import numpy as np
 import torch
 
 from datamodules.errors import ConfigError
@@ -27,23 +29,27 @@ def hamming(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a[:, None, :] != b[None, :, :]).sum(-1)
 
 
+@functools.lru_cache(maxsize=2)
+def _all_permutations(tiles: int) -> np.ndarray:
+    return np.array(list(itertools.permutations(range(tiles))), dtype=np.uint8)
+
+
 def jigsaw_permutations(num: int, tiles: int = 9, seed: int = 0) -> torch.Tensor:
     """`num` permutations of `tiles` positions, picked greedily for large Hamming distance (Noroozi & Favaro
     2016, Algorithm 1, in its max-min form): start from a random permutation, then repeatedly add the one whose
     *smallest* distance to those chosen is largest (ties broken by a seeded random order). Deterministic given
     `seed`; row 0 is not special (the identity is as likely as any other)."""
-    every = torch.tensor(list(itertools.permutations(range(tiles))), dtype=torch.uint8)
+    every = _all_permutations(tiles)
     if not 1 <= num <= len(every):
         raise ConfigError(f"model.num_permutations={num}: choose 1..{len(every)} (permutations of {tiles} tiles)")
-    g = torch.Generator().manual_seed(seed)
-    every = every[torch.randperm(len(every), generator=g)]  # the seeded tie-break
+    every = every[np.random.default_rng(seed).permutation(len(every))]  # the seeded tie-break
     chosen = [0]
-    nearest = hamming(every, every[:1])[:, 0]  # distance of every candidate to the closest chosen one
+    nearest = (every != every[0]).sum(1, dtype=np.uint8)  # distance of every candidate to the closest chosen one
     for _ in range(num - 1):
         j = int(nearest.argmax())
         chosen.append(j)
-        nearest = torch.minimum(nearest, hamming(every, every[j : j + 1])[:, 0])
-    return every[chosen].long()
+        np.minimum(nearest, (every != every[j]).sum(1, dtype=np.uint8), out=nearest)
+    return torch.from_numpy(every[chosen].astype(np.int64))
 
 
 # ---- tiles for jigsaw and relative position ---------------------------------------------------------------
@@ -129,9 +135,11 @@ def random_square_mask(n: int, size: int, fraction: float = 0.5, generator: torc
 
 # ---- colour targets ------------------------------------------------------------------------------------------
 
-# BT.601 YUV from RGB in [0, 1]: Y in [0, 1], U in [-0.436, 0.436], V in [-0.615, 0.615].
-_RGB_TO_YUV = torch.tensor([[0.299, 0.587, 0.114], [-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]])
-U_MAX, V_MAX = 0.436, 0.615
+# BT.601 YUV from RGB in [0, 1]: Y = 0.299 R + 0.587 G + 0.114 B, U = 0.492 (B - Y), V = 0.877 (R - Y), so
+# Y in [0, 1], U in [-0.436, 0.436], V in [-0.615, 0.615], and U = V = 0 exactly for grey.
+_Y = torch.tensor([0.299, 0.587, 0.114])
+_RGB_TO_YUV = torch.stack([_Y, 0.492 * (torch.tensor([0.0, 0.0, 1.0]) - _Y), 0.877 * (torch.tensor([1.0, 0.0, 0.0]) - _Y)])
+U_MAX, V_MAX = 0.492 * (1 - 0.114), 0.877 * (1 - 0.299)
 
 
 def rgb_to_yuv(x: torch.Tensor) -> torch.Tensor:
