@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_many import results_of, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "outputs" / "benchmarks" / "pretext"
@@ -65,29 +66,19 @@ def run_dir(dataset: str, method: str, seed: int) -> Path:
     return OUT / dataset / method / f"seed{seed}"
 
 
-def command(dataset: str, method: str, seed: int) -> list[str]:
-    return [sys.executable, str(ROOT / "run.py"), *METHODS[method], *DATASETS[dataset], f"seed={seed}",
-            "model.evaluation.tsne=false", "callbacks.progress_bar=null", "logger=csv",
-            f"hydra.run.dir={run_dir(dataset, method, seed)}"]
+def overrides(dataset: str, method: str, seed: int) -> list[str]:
+    return [*METHODS[method], *DATASETS[dataset], f"seed={seed}", "model.evaluation.tsne=false", "logger=csv"]
 
 
 def read(dataset: str, method: str, seed: int) -> dict | None:
-    path = run_dir(dataset, method, seed) / "results.json"
-    if not path.is_file():
-        return None
-    res = json.loads(path.read_text())
-    return res if res.get("status") == "completed" else None
+    return results_of(run_dir(dataset, method, seed))
 
 
-def run_one(job) -> tuple:
-    if read(*job) is None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        cmd = command(*job)
-        print("running:", " ".join(cmd[2:]), flush=True)
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"FAILED {job}:\n{proc.stderr[-1500:]}", flush=True)
-    return job, read(*job)
+def run_one(job) -> None:
+    try:
+        run_job(overrides(*job), run_dir(*job))  # one thread; a finished run is reused
+    except RuntimeError as err:
+        print(f"FAILED {job}: {str(err)[-1500:]}", flush=True)
 
 
 def fmt(values: list[float]) -> str:
@@ -109,7 +100,11 @@ def table(datasets: list[str]) -> str:
                     "lin": [r["metrics"]["test/linear_acc"] * 100 for r in ref]}
             knn = [r["metrics"]["test/knn_acc"] * 100 for r in rs]
             lin = [r["metrics"]["test/linear_acc"] * 100 for r in rs]
-            gap = lambda v, b: f"{statistics.mean(v) - statistics.mean(b):+.1f}" if b and not method.startswith("random_init") else "-"  # noqa: E731
+            baseline_row = method.startswith("random_init")
+
+            def gap(v, b, baseline_row=baseline_row):
+                return f"{statistics.mean(v) - statistics.mean(b):+.1f}" if b and not baseline_row else "-"
+
             wall = statistics.mean(r["wall_time_s"] for r in rs)
             lines.append(f"| {dataset} | {method} | {FAMILY[method]} | {len(rs)} | {wall:.0f} | {fmt(knn)} | {fmt(lin)} | "
                          f"{gap(knn, base['knn'])} | {gap(lin, base['lin'])} |")
@@ -146,7 +141,9 @@ def measured(method: str) -> str:
         if not runs:
             parts.append(f"{dataset}: -")
             continue
-        mean = lambda rs, k: statistics.mean(r["metrics"][k] * 100 for r in rs)  # noqa: E731
+        def mean(rs, k):
+            return statistics.mean(r["metrics"][k] * 100 for r in rs)
+
         knn, lin = mean(runs, "test/knn_acc"), mean(runs, "test/linear_acc")
         gain = f" ({knn - mean(base, 'test/knn_acc'):+.1f} / {lin - mean(base, 'test/linear_acc'):+.1f})" if base else ""
         parts.append(f"{dataset}: {knn:.1f} / {lin:.1f}{gain}")

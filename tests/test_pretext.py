@@ -7,11 +7,15 @@ import math
 
 import pytest
 import torch
-
 from conftest import read_results, run_cli, train_in_process
+
 from datamodules.errors import ConfigError
 from lightning_modules.components import pretext as P
-from lightning_modules.components.adversarial import call_frozen, discriminator_loss, generator_loss
+from lightning_modules.components.adversarial import (
+    call_frozen,
+    discriminator_loss,
+    generator_loss,
+)
 
 # ---- jigsaw permutations -----------------------------------------------------------------------------------
 

@@ -25,20 +25,28 @@ import difflib
 
 import timm
 import torch
-from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, ResNet
+from torch import nn
 
 from datamodules.errors import ConfigError
 
 from .encoder_io import (
-    check_pretrained_file_fits, load_backbone_weights, pretrained_file_errors, pretrained_overlay,
+    check_pretrained_file_fits,
+    load_backbone_weights,
+    pretrained_file_errors,
+    pretrained_overlay,
 )
-from .unet import UNet
 from .pretrained import (
-    INPUT_NORM, OFFLINE_WEIGHTS, attach_input_norm, load_offline_weights, loaded_normalization, normalization_for,
+    INPUT_NORM,
+    OFFLINE_WEIGHTS,
+    attach_input_norm,
+    load_offline_weights,
+    loaded_normalization,
+    normalization_for,
     offline_weights_file,
 )
+from .unet import UNet
 
 
 class _FeatureNet(nn.Module):

@@ -6,6 +6,8 @@ context encoder decode the encoder's pooled features with it, and the DCGAN gene
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +32,7 @@ class ConvDecoder(nn.Module):
                                      nn.Unflatten(1, (widths[0], self.start, self.start)),
                                      nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         blocks = []
-        for cin, cout in zip(widths[:-1], widths[1:]):
+        for cin, cout in itertools.pairwise(widths):
             blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1, bias=False),
                        nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         self.blocks = nn.Sequential(*blocks)

@@ -63,7 +63,7 @@ CENTRE = 4
 def tile_size(image_size: int, grid: int = 3, gap: float = 0.2) -> int:
     """The side of one tile: the cell (image_size // grid) less the gap (a fraction of the cell)."""
     cell = image_size // grid
-    return cell - int(round(gap * cell))
+    return cell - round(gap * cell)
 
 
 def check_tile_size(image_size: int | None, grid: int, gap: float, min_tile: int, method: str) -> None:
@@ -113,7 +113,7 @@ def cut_tiles(x: torch.Tensor, grid: int = 3, gap: float = 0.2, jitter: bool = T
 def centre_mask(n: int, size: int, fraction: float = 0.5, device=None) -> torch.Tensor:
     """(N, 1, S, S) with 1 on the central square of side `fraction` x S (Pathak et al.: the centre quarter of the
     area, side S/2) and 0 elsewhere."""
-    side = max(1, int(round(fraction * size)))
+    side = max(1, round(fraction * size))
     start = (size - side) // 2
     mask = torch.zeros(n, 1, size, size, device=device)
     mask[..., start : start + side, start : start + side] = 1.0
@@ -123,7 +123,7 @@ def centre_mask(n: int, size: int, fraction: float = 0.5, device=None) -> torch.
 def random_square_mask(n: int, size: int, fraction: float = 0.5, generator: torch.Generator | None = None,
                        device=None) -> torch.Tensor:
     """A square of side `fraction` x S at a uniformly random place per image (Pathak et al.'s random-block mask)."""
-    side = max(1, int(round(fraction * size)))
+    side = max(1, round(fraction * size))
     gdev = generator.device if generator is not None else None
     top = torch.randint(0, size - side + 1, (n,), generator=generator, device=gdev).to(device)
     left = torch.randint(0, size - side + 1, (n,), generator=generator, device=gdev).to(device)
