@@ -41,14 +41,14 @@ METHODS = {
     "colorization": ["model=colorization"],
     "inpainting": ["model=inpainting"],
     "gan_ssl": ["model=gan_ssl"],
-    "ddpm_encoder": ["model=ddpm_encoder"],
+    "ddpm_encoder": ["model=ddpm_encoder", "model.backbone.name=unet_encoder"],  # experiment=ssl_mnist names small_cnn
     "relative_position": ["model=relative_position"],
     "jigsaw": ["model=jigsaw"],
     "rotation": ["model=rotation"],
     "simclr": ["model=simclr"],
     "moco": ["model=moco"],
     "random_init": ["model=rotation", "model.train_encoder=false"],
-    "random_init_unet": ["model=ddpm_encoder", "model.train_encoder=false"],
+    "random_init_unet": ["model=ddpm_encoder", "model.backbone.name=unet_encoder", "model.train_encoder=false"],
 }
 FAMILY = {"autoencoder": "generation", "denoising_autoencoder": "generation", "vae_ssl": "generation",
           "colorization": "generation", "inpainting": "generation", "gan_ssl": "generation",
