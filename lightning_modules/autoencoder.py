@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from datamodules.errors import ConfigError
 
 from .components.conv_decoder import ConvDecoder
-from .components.pretext import NOISES, corrupt
+from .components.pretext import NOISES, corrupt, running_stats_frozen
 from .ssl_base import SSLMethod
 
 
@@ -33,7 +33,9 @@ class Autoencoder(SSLMethod):
     def pretext_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x = views[0]
         x_tilde = corrupt(x, self.noise, self.noise_level, self.draw_generator(x.device))
-        h = self.backbone(x_tilde)
-        loss = F.mse_loss(self.decoder(h).float(), x.float())
-        # the probe learns on the features of clean images, which is what it is scored on
-        return loss, (h if x_tilde is x else self.backbone(x))
+        if x_tilde is x:
+            h = self.backbone(x)
+            return F.mse_loss(self.decoder(h).float(), x.float()), h
+        with running_stats_frozen(self.backbone):  # running statistics: of clean images, what is evaluated
+            loss = F.mse_loss(self.decoder(self.backbone(x_tilde)).float(), x.float())
+        return loss, self.backbone(x)  # the probe learns on clean images' features, which it is scored on

@@ -25,7 +25,7 @@ from datamodules.errors import ConfigError
 from .components.adversarial import call_frozen, discriminator_loss, generator_loss
 from .components.backbones import create_backbone
 from .components.conv_decoder import ConvDecoder
-from .components.pretext import centre_mask, random_square_mask
+from .components.pretext import centre_mask, random_square_mask, running_stats_frozen
 from .ssl_base import SSLMethod
 
 MASKS = ("centre", "random")
@@ -58,7 +58,8 @@ class ContextEncoder(SSLMethod):
     def pretext_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x = views[0]
         m = self.draw_mask(x).to(x.dtype)
-        filled = self.decoder(self.backbone((1 - m) * x)).float()
+        with running_stats_frozen(self.backbone):  # running statistics: of whole images, what is evaluated
+            filled = self.decoder(self.backbone((1 - m) * x)).float()
         loss = ((filled - x.float()) * m).pow(2).sum() / (m.sum() * x.shape[1]).clamp_min(1)  # L_rec
         if self.discriminator is not None:
             completed = m * filled + (1 - m) * x.float()  # the context with the region filled in

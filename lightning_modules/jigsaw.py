@@ -10,7 +10,9 @@ fixed set of `num_permutations` permutations chosen for large Hamming distance (
     L = CE( g([f(tiles_1), ..., f(tiles_9)]), k )                  (the context-free network, Fig. 3)
 
 f is the shared encoder (a siamese trunk applied to every tile), g an MLP on the 9 concatenated features.
-Downstream (kNN, the probe, `encoder.pt`) the trunk takes whole images. Nothing is mixed across the batch except
+Downstream (kNN, the probe, `encoder.pt`) the trunk takes whole images, so the tiles pass through BatchNorm with
+their own batch statistics but leave the running statistics to the whole images (without this the trunk fell
+below its random initialisation on MNIST: 75.6% kNN / 38.7% linear against 82.0 / 69.3). Nothing is mixed across the batch except
 the trunk's BatchNorm. Images must be large enough for 3x3 tiles of `min_tile` px: checked before training.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .components.heads import ProjectionMLP
-from .components.pretext import check_tile_size, cut_tiles, jigsaw_permutations
+from .components.pretext import check_tile_size, cut_tiles, jigsaw_permutations, running_stats_frozen
 from .ssl_base import SSLMethod
 
 GRID = 3
@@ -46,6 +48,7 @@ class Jigsaw(SSLMethod):
         k = torch.randint(0, len(self.permutations), (n,), generator=generator,
                           device=generator.device if generator is not None else None).to(x.device)
         shuffled = tiles[torch.arange(n, device=x.device)[:, None], self.permutations[k]]  # position i: tile P_k(i)
-        h = self.backbone(shuffled.flatten(0, 1)).view(n, -1)  # the siamese trunk over all 9N tiles
+        with running_stats_frozen(self.backbone):  # BatchNorm's running statistics stay those of whole images
+            h = self.backbone(shuffled.flatten(0, 1)).view(n, -1)  # the siamese trunk over all 9N tiles
         loss = F.cross_entropy(self.head(h).float(), k)
         return loss, self.backbone(x)

@@ -8,7 +8,8 @@ predicts where the neighbour lies:
 
     k ~ U{1..8},  L = CE( g([f(p_centre), f(p_k)]), k )         (Fig. 2-3)
 
-(The paper's chromatic-aberration counter-measures are not reproduced.) Downstream the trunk f takes whole images.
+(The paper's chromatic-aberration counter-measures are not reproduced.) Downstream the trunk f takes whole images, so the patches leave BatchNorm's running statistics to the whole images
+(`running_stats_frozen`; without it: 79.1% kNN / 31.8% linear on MNIST, below the random init's 82.0 / 69.3).
 Nothing is mixed across the batch except BatchNorm. Images must be large enough for 3x3 patches of `min_tile` px:
 checked before training.
 """
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .components.heads import ProjectionMLP
-from .components.pretext import CENTRE, NEIGHBOURS, check_tile_size, cut_tiles
+from .components.pretext import CENTRE, NEIGHBOURS, check_tile_size, cut_tiles, running_stats_frozen
 from .ssl_base import SSLMethod
 
 GRID = 3
@@ -44,6 +45,7 @@ class RelativePosition(SSLMethod):
                           device=generator.device if generator is not None else None).to(x.device)
         rows = torch.arange(n, device=x.device)
         pair = torch.cat([tiles[:, CENTRE], tiles[rows, self.neighbours[k]]])  # (2N, C, t, t): one trunk pass
-        h_centre, h_other = self.backbone(pair).chunk(2)
+        with running_stats_frozen(self.backbone):  # BatchNorm's running statistics stay those of whole images
+            h_centre, h_other = self.backbone(pair).chunk(2)
         loss = F.cross_entropy(self.head(torch.cat([h_centre, h_other], dim=1)).float(), k)
         return loss, self.backbone(x)

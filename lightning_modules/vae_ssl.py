@@ -45,5 +45,6 @@ class VAEPretext(SSLMethod):
         mu, logvar = self.posterior_params(x)
         z = mu + normal_like(mu, self.draw_generator(mu.device)) * (0.5 * logvar).exp()  # the reparameterisation trick
         recon = self.decoder(z).float()
-        loss = gaussian_nll(x.float(), recon).mean() + self.beta * kl_standard_normal(mu, logvar).mean()
-        return loss, mu
+        nll, kl = gaussian_nll(x.float(), recon).mean(), kl_standard_normal(mu, logvar).mean()
+        self.log_train({"train/nll": nll, "train/kl": kl}, batch_size=len(x))
+        return nll + self.beta * kl, mu
