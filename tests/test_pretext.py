@@ -167,6 +167,21 @@ def test_ddpm_encoder_is_the_unet_down_path():
         DDPMEncoder(backbone, num_classes=10, in_chans=1, image_size=15, optimizer=None)
 
 
+def test_ddpm_encoder_hand_off_through_encoder_pt(tmp_path):
+    """encoder.pt of the U-Net's down path loads into `model.backbone.name=unet_encoder` of another run."""
+    from lightning_modules.components.backbones import create_backbone
+    from lightning_modules.components.encoder_io import save_encoder
+    from lightning_modules.ddpm_encoder import DDPMEncoder
+
+    spec = {"base_channels": 8, "channel_mults": [1, 2], "attn_levels": [1], "norm_groups": 4}
+    module = DDPMEncoder({"name": "unet_encoder", **spec}, num_classes=10, in_chans=1, image_size=16, optimizer=None)
+    torch.nn.init.normal_(module.unet.down[0][0].conv2.weight)  # zero-initialised: make it count
+    path = save_encoder(module.backbone, tmp_path / "encoder.pt", {"in_chans": 1, "image_size": 16})
+    loaded = create_backbone("unet_encoder", in_chans=1, checkpoint=str(path), **spec).eval()
+    x = torch.randn(3, 1, 16, 16)
+    assert torch.allclose(loaded(x), module.backbone.eval()(x), atol=1e-6)
+
+
 # ---- smoke fits on embedded data ---------------------------------------------------------------------------
 
 TINY = ["data.batch_size=32", "data.eval_batch_size=64", "+model.backbone.widths=[8,8,16]", "data.knn_bank_size=64",
