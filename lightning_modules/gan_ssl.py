@@ -10,7 +10,8 @@ are reused downstream.
 Two optimizers under Lightning's manual optimisation (one D step, then one G step per batch; Adam with
 beta1 = 0.5, as in the paper); the online probe trains with the discriminator's optimizer on detached features
 of the real images. Real and generated images pass through D as separate batches (so BatchNorm normalises each on
-its own, the DCGAN practice).
+its own, the DCGAN practice); only the real batches update D's running statistics, which kNN and the probe use
+at test time (with the fake batches mixed in: 71.4% kNN / 20.8% linear on MNIST, below the random init).
 
 DDP: this method mixes examples through BatchNorm (in D, on the real and the fake batch, and in G): the
 statistics are those of each process's batch (as DCGAN on several GPUs without SyncBN; `trainer.sync_batchnorm=
@@ -24,7 +25,7 @@ from torch import nn
 
 from .components.adversarial import discriminator_loss, generator_loss
 from .components.conv_decoder import ConvDecoder
-from .components.pretext import normal_like
+from .components.pretext import normal_like, running_stats_frozen
 from .ssl_base import SSLMethod
 
 
@@ -70,7 +71,8 @@ class DCGANPretext(SSLMethod):
         # D step (the probe rides along on the real images' detached features)
         real_logits, h = self.discriminate(x)
         fake = self.sample(len(x))
-        fake_logits, _ = self.discriminate(fake.detach())
+        with running_stats_frozen(self.backbone):  # BatchNorm's running statistics: of real images only
+            fake_logits, _ = self.discriminate(fake.detach())
         d_loss = discriminator_loss(real_logits, fake_logits)
         probe = self.online.training_loss(self, h, y)
         opt_d.zero_grad(set_to_none=True)
@@ -79,7 +81,8 @@ class DCGANPretext(SSLMethod):
         if not self.train_encoder:
             return
         # G step: fool the updated D
-        g_loss = generator_loss(self.discriminate(fake)[0])
+        with running_stats_frozen(self.backbone):
+            g_loss = generator_loss(self.discriminate(fake)[0])
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(self.check_finite(g_loss, "train/g_loss"))
         opt_g.step()
