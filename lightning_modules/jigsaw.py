@@ -21,7 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from .components.heads import ProjectionMLP
-from .components.pretext import check_tile_size, cut_tiles, jigsaw_permutations, running_stats_frozen
+from .components.pretext import (
+    check_tile_size,
+    cut_tiles,
+    jigsaw_permutations,
+    running_stats_frozen,
+)
 from .ssl_base import SSLMethod
 
 GRID = 3

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from .components.heads import ProjectionMLP
-from .components.pretext import CENTRE, NEIGHBOURS, check_tile_size, cut_tiles, running_stats_frozen
+from .components.pretext import (
+    CENTRE,
+    NEIGHBOURS,
+    check_tile_size,
+    cut_tiles,
+    running_stats_frozen,
+)
 from .ssl_base import SSLMethod
 
 GRID = 3
