@@ -42,6 +42,17 @@ class SSLMethod(BaseMethod):
     def pretext_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def eval_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The features kNN and the linear probe score (default: the encoder's pooled features of x)."""
+        return self.backbone(x)
+
+    def draw_generator(self, device: torch.device) -> torch.Generator | None:
+        """The generator for a pretext task's random draws (tiles, masks, noise): the DataModule's, seeded per
+        process, so that under DDP every process draws its own (seed_everything gives all ranks one seed);
+        None (torch's global generator) outside a Trainer."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return datamodule.device_generator(device) if hasattr(datamodule, "device_generator") else None
+
     def pretext_parameters(self):
         """Everything the pretext loss trains (default: all but the probe and frozen parts)."""
         probe = {id(p) for p in self.online.parameters()}
@@ -79,13 +90,13 @@ class SSLMethod(BaseMethod):
                      batch_size=len(y))
         else:
             with torch.no_grad():
-                features = self.backbone(views[0])
+                features = self.eval_features(views[0])
             pretext = 0.0
         return pretext + self.online.training_loss(self, features, y)
 
     def _eval(self, stage, batch, dataloader_idx):
         x, y = batch
-        self.online.eval_step(self, stage, self.backbone(x), y, dataloader_idx)
+        self.online.eval_step(self, stage, self.eval_features(x), y, dataloader_idx)
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         self._eval("val", batch, dataloader_idx)

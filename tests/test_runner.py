@@ -18,6 +18,11 @@ GROUPS = ["model", "data", "trainer", "amp", "logger", "callbacks", "paths", "ex
 OFFLINE_DATA = {"single": ["digits", "digits_m"], "pair": ["digits_to_digits_m"]}
 # Keep each smoke fit to seconds: methods whose test phase samples or clusters get smaller settings.
 SMOKE = {
+    # pretext tasks (issue 20): no t-SNE, a small kNN bank, a small U-Net
+    **{m: ["model.evaluation.tsne=false", "data.knn_bank_size=64"] for m in
+       ("autoencoder", "vae_ssl", "colorization", "inpainting", "jigsaw", "relative_position", "gan_ssl")},
+    "ddpm_encoder": ["model.evaluation.tsne=false", "data.knn_bank_size=64", "model.input.image_size=16",
+                     "model.backbone.base_channels=8"],
     "ddpm": ["model.input.image_size=16", "model.evaluation.num_samples=32", "model.evaluation.classifier.epochs=1",
              "model.sampling.ddim_steps=5", "model.grid.num_images=4", "model.diffusion.timesteps=50"],
 }
@@ -41,8 +46,13 @@ def test_every_config_composes(tmp_path, group, option):
     assert container["model"]["_target_"] and container["trainer"]["_target_"]
 
 
+# Methods that predict colour from grey: on grey data they fail before training (tests/test_pretext.py).
+COLOUR_ONLY = {"colorization"}
+
+
 def valid_pairs():
-    return [(m, d) for m in options("model") for d in OFFLINE_DATA[model_kind(m)]]
+    return [(m, d) for m in options("model") for d in OFFLINE_DATA[model_kind(m)]
+            if not (m in COLOUR_ONLY and d == "digits")]
 
 
 def invalid_pairs():

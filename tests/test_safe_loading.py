@@ -268,7 +268,8 @@ def methods() -> list[tuple[str, str]]:
     pairs = []
     for path in sorted((CONF_DIR / "model").glob("*.yaml")):
         kind = getattr(get_class(compose(f"model={path.stem}").model.datamodule._target_), "data_kind", "single")
-        pairs.append((path.stem, "digits_to_digits_m" if kind == "pair" else "digits"))
+        single = "digits_m" if path.stem == "colorization" else "digits"  # colorization needs colour images
+        pairs.append((path.stem, "digits_to_digits_m" if kind == "pair" else single))
     return pairs
 
 

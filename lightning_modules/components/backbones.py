@@ -15,6 +15,8 @@ Registered here:
 - `small_cnn`: three conv-BN-ReLU blocks (32, 64, 128 channels) with global pooling, for 8-32 px.
 - `resnet18_cifar`: ResNet-18 with the CIFAR stem (3x3 stride-1 first conv, no max-pool), as in
   He et al. (2016, Sec. 4.2) and SimCLR's CIFAR experiments.
+- `unet_encoder`: the down path and middle block of DDPM's U-Net (`components.unet`), global-pooled: the
+  diffusion model's encoder handed on to downstream runs (`model=ddpm_encoder` trains it).
 """
 from __future__ import annotations
 
@@ -23,19 +25,28 @@ import difflib
 
 import timm
 import torch
-from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, ResNet
+from torch import nn
 
 from datamodules.errors import ConfigError
 
 from .encoder_io import (
-    check_pretrained_file_fits, load_backbone_weights, pretrained_file_errors, pretrained_overlay,
+    check_pretrained_file_fits,
+    load_backbone_weights,
+    pretrained_file_errors,
+    pretrained_overlay,
 )
 from .pretrained import (
-    INPUT_NORM, OFFLINE_WEIGHTS, attach_input_norm, load_offline_weights, loaded_normalization, normalization_for,
+    INPUT_NORM,
+    OFFLINE_WEIGHTS,
+    attach_input_norm,
+    load_offline_weights,
+    loaded_normalization,
+    normalization_for,
     offline_weights_file,
 )
+from .unet import UNet
 
 
 class _FeatureNet(nn.Module):
@@ -109,6 +120,26 @@ class ResNetCifar(ResNet):
         self.maxpool = nn.Identity()
 
 
+class UNetEncoder(_FeatureNet):
+    """DDPM's U-Net without its up path: features = the global average of the middle block's output for the image
+    given as it is, at time step `feature_t` (t = 0: the least noisy level the network was trained on). The
+    parameters keep the U-Net's names under `unet.` (temb, conv_in, down, mid), so a U-Net's weights load into it."""
+
+    def __init__(self, in_chans: int = 1, num_classes: int = 0, base_channels: int = 16,
+                 channel_mults=(1, 2, 4), num_res_blocks: int = 1, attn_levels=(2,), dropout: float = 0.1,
+                 norm_groups: int = 8, feature_t: int = 0, drop_rate: float = 0.0, **_):
+        super().__init__(base_channels * channel_mults[-1], num_classes, drop_rate)
+        factor = 2 ** (len(channel_mults) - 1)  # any side divisible by it works; the method checks its data's
+        self.unet = UNet(in_chans, factor, base_channels, tuple(channel_mults), num_res_blocks, tuple(attn_levels),
+                         dropout, norm_groups)
+        del self.unet.up, self.unet.out  # the decoder half stays with the diffusion model
+        self.feature_t = feature_t
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.full((len(x),), self.feature_t, device=x.device, dtype=torch.long)
+        return self.unet.encode(x, t)[0].mean(dim=(2, 3))
+
+
 def _cfg(**kwargs) -> dict:
     # No url: these nets have no published weights; a local file can still be given with
     # pretrained_cfg_overlay=dict(file=...).
@@ -121,6 +152,7 @@ default_cfgs = generate_default_cfgs(
         "lenet.untrained": _cfg(input_size=(1, 28, 28), fixed_input_size=True, first_conv="stages.0.0"),
         "small_cnn.untrained": _cfg(first_conv="stages.0.0.0"),
         "resnet18_cifar.untrained": _cfg(first_conv="conv1", classifier="fc"),
+        "unet_encoder.untrained": _cfg(first_conv="unet.conv_in"),
     }
 )
 
@@ -140,10 +172,15 @@ def resnet18_cifar(pretrained: bool = False, **kwargs) -> ResNetCifar:
     return build_model_with_cfg(ResNetCifar, "resnet18_cifar", pretrained, **kwargs)
 
 
+@register_model
+def unet_encoder(pretrained: bool = False, **kwargs) -> UNetEncoder:
+    return build_model_with_cfg(UNetEncoder, "unet_encoder", pretrained, **kwargs)
+
+
 def check_backbone_name(name: str, option: str = "model.backbone.name") -> None:
     if timm.is_model(name):
         return
-    ours = ["lenet", "small_cnn", "resnet18_cifar"]
+    ours = ["lenet", "small_cnn", "resnet18_cifar", "unet_encoder"]
     close = difflib.get_close_matches(name, timm.list_models(), n=5)
     raise ConfigError(f"{option}={name!r} is not a timm model; ours: {ours}; close timm names: {close}")
 

@@ -119,14 +119,18 @@ class UNet(nn.Module):
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
         self.out = nn.Sequential(_norm(ch, norm_groups), nn.SiLU(), _zero(nn.Conv2d(ch, in_chans, 3, padding=1)))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The down path and the middle block: (middle output, skip activations, time embedding)."""
         temb = self.temb(timestep_embedding(t, self.base_channels).to(x.dtype))
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:
             h = layer[1](layer[0](h, temb)) if isinstance(layer, nn.ModuleList) else layer(h)
             hs.append(h)
-        h = self.mid[2](self.mid[1](self.mid[0](h, temb)), temb)
+        return self.mid[2](self.mid[1](self.mid[0](h, temb)), temb), hs, temb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h, hs, temb = self.encode(x, t)
         for layer in self.up:
             if isinstance(layer, nn.ModuleList):
                 h = layer[1](layer[0](torch.cat([h, hs.pop()], dim=1), temb))
