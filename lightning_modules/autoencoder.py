@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from datamodules.errors import ConfigError
 
 from .components.conv_decoder import ConvDecoder
-from .components.pretext import NOISES, corrupt, running_stats_frozen
+from .components.modes import running_stats_frozen
+from .components.pretext import NOISES, corrupt
 from .ssl_base import SSLMethod
 
 

@@ -25,7 +25,8 @@ from torch import nn
 
 from .components.adversarial import discriminator_loss, generator_loss
 from .components.conv_decoder import ConvDecoder
-from .components.pretext import normal_like, running_stats_frozen
+from .components.modes import running_stats_frozen
+from .components.pretext import normal_like
 from .ssl_base import SSLMethod
 
 

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .components.heads import ProjectionMLP
+from .components.modes import running_stats_frozen
 from .components.pretext import (
     check_tile_size,
     cut_tiles,
     jigsaw_permutations,
-    running_stats_frozen,
 )
 from .ssl_base import SSLMethod
 

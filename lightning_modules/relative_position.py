@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from .components.heads import ProjectionMLP
+from .components.modes import running_stats_frozen
 from .components.pretext import (
     CENTRE,
     NEIGHBOURS,
     check_tile_size,
     cut_tiles,
-    running_stats_frozen,
 )
 from .ssl_base import SSLMethod
 

@@ -223,9 +223,11 @@ def test_dcgan_on_two_processes(tmp_path):
 
 
 def test_running_stats_frozen_keeps_batchnorm_statistics():
+    from lightning_modules.components.modes import running_stats_frozen
+
     bn = torch.nn.BatchNorm2d(3)
     before = bn.running_mean.clone()
-    with P.running_stats_frozen(bn):
+    with running_stats_frozen(bn):
         out = bn(torch.randn(8, 3, 4, 4) + 5)
     assert torch.equal(bn.running_mean, before) and bn.momentum == 0.1
     assert abs(float(out.mean())) < 1e-5  # still normalised with the batch's statistics

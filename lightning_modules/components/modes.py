@@ -30,3 +30,19 @@ def dropout_off(module: nn.Module):
     finally:
         for m in dropouts:
             m.train()
+
+
+@contextlib.contextmanager
+def running_stats_frozen(module: nn.Module):
+    """BatchNorm layers normalise with the batch's statistics but leave their running statistics alone (momentum 0)
+    inside the block: for a pretext pass on inputs unlike those the encoder is evaluated on (tiles, masked or noisy
+    images), so that the running statistics, used by kNN and the probe at test time, stay those of whole images."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum

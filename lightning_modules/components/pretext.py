@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 
@@ -197,19 +196,3 @@ def normal_like(x: torch.Tensor, generator: torch.Generator | None = None) -> to
     """N(0, 1) noise shaped like x, drawn from `generator` (a per-process one under DDP) when given."""
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device).to(x)
-
-
-@contextlib.contextmanager
-def running_stats_frozen(module: torch.nn.Module):
-    """BatchNorm layers normalise with the batch's statistics but leave their running statistics alone (momentum 0)
-    inside the block: for a pretext pass on inputs unlike those the encoder is evaluated on (tiles, masked or noisy
-    images), so that the running statistics, used by kNN and the probe at test time, stay those of whole images."""
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
