@@ -2,11 +2,16 @@
 writes a table (mean ± sd over the seeds that finished) to benchmarks/results/semisup.md (appended).
 
 Rows: MNIST (../shared/data/mnist_test.npz split as `experiment=pseudolabel_mnist` does: 8,000 training
-images, 2,000 test, no val split) with 100 and 1,000 labels (and 10 with --labels), and `digits_m` with 100
-labels. Every run: 500 steps of 32 labeled + 128 unlabeled images (FixMatch: data.mu=4). label_seed = seed. Jobs run seed by seed,
-so a cut-short benchmark still has whole rows for the first seeds; finished runs are reused.
+images, 2,000 test, no val split) with 10, 100 and 1,000 labels; `digits_m` with 100 labels; Office-31 webcam
+(../shared/data/office31, stratified split_seed 0: 556 train / 80 val / 159 test photos) with 3 labels per
+class (93) on the ImageNet EfficientNet-Lite0 at 64 px; and the failure cases on MNIST: class 7 without
+labels (100 labels, `data.missing_classes=[7]`; row `mnist_miss7`), 2 labels per class (`--labels 20`).
+Every run of a row: the same steps of 32 labeled + 128 unlabeled images (FixMatch: data.mu=4; 500 steps on
+the digit rows, `OFFICE_STEPS` on Office-31). label_seed = seed. Jobs run seed by seed, so a cut-short
+benchmark still has whole rows for the first seeds; finished runs are reused.
 
     nice -n 10 python benchmarks/semisup.py --seeds 0 1 2 --parallel 2
+    nice -n 10 python benchmarks/semisup.py --labels --digits-m --office31 93 --arms fixmatch   # one arm, one row
 """
 from __future__ import annotations
 
@@ -32,18 +37,27 @@ BUDGET = ["data.batch_size=32", "data.unlabeled_batch_size=128", "trainer.max_ep
 MNIST = ["data=npz", "data.dataset.path=${paths.shared_data_dir}/mnist_test.npz", "data.val_fraction=0",
          "data.test_fraction=0.2", "data.split_seed=0", "trainer.limit_val_batches=4"]
 FIXMATCH_MU = {"fixmatch": ["data.mu=4", "data.unlabeled_batch_size=null"]}  # 4 x 32 = 128 unlabeled per step
+OFFICE_STEPS = 300
+OFFICE31 = ["data=office31", "data.dataset.root=${paths.shared_data_dir}/office31", "data.dataset.domain=webcam",
+            "model.backbone.name=tf_efficientnet_lite0", "model.backbone.pretrained=true", "data.image_size=64",
+            "data.batch_size=32", "data.unlabeled_batch_size=128", "trainer.max_epochs=1000",
+            f"++trainer.max_steps={OFFICE_STEPS}", "trainer.check_val_every_n_epoch=25"]
 ROWS = {  # name -> (overrides, per-arm extra)
     "mnist": ([*MNIST, *BUDGET], FIXMATCH_MU),
+    "mnist_miss7": ([*MNIST, *BUDGET, "data.missing_classes=[7]"], FIXMATCH_MU),
     "digits_m": (["data=digits_m", *BUDGET], FIXMATCH_MU),
+    "office31_webcam": (OFFICE31, {"fixmatch": [*FIXMATCH_MU["fixmatch"], "model.weak.flip_p=0.5"]}),  # photos: flips
 }
 
 
-def jobs_for(rows: list[tuple[str, int]], seeds: list[int]) -> dict[str, list[str]]:
+def jobs_for(rows: list[tuple[str, int]], seeds: list[int], arms=tuple(ARMS)) -> dict[str, list[str]]:
     jobs = {}
     for seed in seeds:
         for row, labels in rows:
             base, extra = ROWS[row]
             for arm, overrides in ARMS.items():
+                if arm not in arms:
+                    continue
                 jobs[f"{row}_n{labels}_{arm}_s{seed}"] = [*overrides, *base, *extra.get(arm, []), f"data.num_labels={labels}",
                                                           f"data.label_seed={seed}", f"seed={seed}",
                                                           "callbacks.model_checkpoint=null"]
@@ -69,17 +83,21 @@ def table(rows, seeds, out: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--labels", type=int, nargs="+", default=[100, 1000], help="MNIST rows")
+    parser.add_argument("--labels", type=int, nargs="*", default=[10, 100, 1000], help="MNIST rows")
+    parser.add_argument("--missing7", type=int, nargs="*", default=[], help="MNIST rows without labeled 7s")
     parser.add_argument("--digits-m", type=int, nargs="*", default=[100], help="digits_m rows")
+    parser.add_argument("--office31", type=int, nargs="*", default=[93], help="Office-31 webcam rows (31 classes)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_semisup")
     parser.add_argument("--table-only", action="store_true", help="write the table from the finished runs")
     args = parser.parse_args()
-    rows = [("mnist", n) for n in args.labels] + [("digits_m", n) for n in args.digits_m]
+    rows = ([("mnist", n) for n in args.labels] + [("mnist_miss7", n) for n in args.missing7]
+            + [("digits_m", n) for n in args.digits_m] + [("office31_webcam", n) for n in args.office31])
     if not args.table_only:
         from concurrent.futures import ThreadPoolExecutor
 
-        jobs = jobs_for(rows, args.seeds)
+        jobs = jobs_for(rows, args.seeds, args.arms)
         with ThreadPoolExecutor(args.parallel) as pool:  # in order: seed 0's rows first
             for future in [pool.submit(run_job, overrides, args.out / name) for name, overrides in jobs.items()]:
                 try:
