@@ -226,8 +226,10 @@ def test_one_and_two_labels_per_class(num_labels):
 
 # ---- end to end: DDP, dynamics plots -------------------------------------------------------------------------
 def test_fixmatch_ddp_cpu_with_dynamics_plots(cli, tmp_path):
-    """Two gloo processes; the mask rate is an epoch mean over processes; process 0 draws the t-SNE maps."""
-    cli("model=fixmatch", "data=digits", "trainer=ddp_cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+    """Two gloo processes; the mask rate is an epoch mean over processes; process 0 draws the t-SNE maps.
+    max_steps ends the run after epoch 1 of 3: the map of epoch -1 (the last) is that epoch's."""
+    cli("model=fixmatch", "data=digits", "trainer=ddp_cpu", "trainer.max_epochs=3", "++trainer.max_steps=4",
+        "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "data.num_labels=20", "data.batch_size=8",
         "data.mu=2", "callbacks.progress_bar=null", "callbacks.model_checkpoint=null",
         "callbacks.pseudo_label_dynamics.epochs=[0,-1]", "callbacks.pseudo_label_dynamics.points=60",
@@ -240,6 +242,7 @@ def test_fixmatch_ddp_cpu_with_dynamics_plots(cli, tmp_path):
     for name in ("dynamics/epoch_000.png", "dynamics/epoch_001.png", "dynamics_grid.png", "dynamics_curves.png",
                  "dynamics.json"):
         assert (plots / name).is_file(), name
+    assert not (plots / "dynamics/epoch_002.png").exists()
 
 
 # ---- learning: the unlabeled images help -------------------------------------------------------------------
