@@ -64,10 +64,14 @@ def jobs_for(rows: list[tuple[str, int]], seeds: list[int], arms=tuple(ARMS)) ->
     return jobs
 
 
+def steps_of(row: str) -> int:
+    return int(next(o for o in ROWS[row][0] if o.startswith("++trainer.max_steps=")).split("=")[1])
+
+
 def table(rows, seeds, out: Path) -> list[str]:
-    lines = ["| data | labels | seeds | " + " | ".join(f"{arm} test/acc %" for arm in ARMS) +
+    lines = ["| data | labels | steps | seeds | " + " | ".join(f"{arm} test/acc %" for arm in ARMS) +
              " | FixMatch mask rate (last epoch) | wall s per run (sup / PL / MT / FM) |",
-             "|---|---|---|" + "---|" * len(ARMS) + "---|---|"]
+             "|---|---|---|---|" + "---|" * len(ARMS) + "---|---|"]
     for row, labels in rows:
         done = [s for s in seeds if all(results_of(out / f"{row}_n{labels}_{arm}_s{s}") for arm in ARMS)]
         if not done:
@@ -76,7 +80,7 @@ def table(rows, seeds, out: Path) -> list[str]:
         cells = [mean_sd([r["metrics"]["test/acc"] for r in res[arm]], 100, 2, each=len(done) > 1) for arm in ARMS]
         mask = mean_sd([r["metrics"].get("train/accepted", float("nan")) for r in res["fixmatch"]], 1, 2)
         wall = " / ".join(f"{statistics.mean(r['wall_time_s'] for r in res[arm]):.0f}" for arm in ARMS)
-        lines.append(f"| {row} | {labels} | {','.join(map(str, done))} | " + " | ".join(cells) + f" | {mask} | {wall} |")
+        lines.append(f"| {row} | {labels} | {steps_of(row)} | {','.join(map(str, done))} | " + " | ".join(cells) + f" | {mask} | {wall} |")
     return lines
 
 
