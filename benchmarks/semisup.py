@@ -50,7 +50,13 @@ ROWS = {  # name -> (overrides, per-arm extra)
 }
 
 
-def jobs_for(rows: list[tuple[str, int]], seeds: list[int], arms=tuple(ARMS)) -> dict[str, list[str]]:
+DYNAMICS = ["callbacks.pseudo_label_dynamics.epochs=[0,2,-1]", "callbacks.pseudo_label_dynamics.points=500",
+            "callbacks.pseudo_label_dynamics.background_points=1500", "callbacks.pseudo_label_dynamics.labeled_points=100"]
+
+
+def jobs_for(rows: list[tuple[str, int]], seeds: list[int], arms=tuple(ARMS), dynamics: bool = False) -> dict[str, list[str]]:
+    """name -> overrides; `dynamics` draws the t-SNE maps (epochs 0, 2, last) of the semi-supervised arms,
+    which changes no number (the maps are drawn in eval mode, from no random stream of the training)."""
     jobs = {}
     for seed in seeds:
         for row, labels in rows:
@@ -60,7 +66,8 @@ def jobs_for(rows: list[tuple[str, int]], seeds: list[int], arms=tuple(ARMS)) ->
                     continue
                 jobs[f"{row}_n{labels}_{arm}_s{seed}"] = [*overrides, *base, *extra.get(arm, []), f"data.num_labels={labels}",
                                                           f"data.label_seed={seed}", f"seed={seed}",
-                                                          "callbacks.model_checkpoint=null"]
+                                                          "callbacks.model_checkpoint=null",
+                                                          *(DYNAMICS if dynamics and arm != "supervised_only" else [])]
     return jobs
 
 
@@ -118,6 +125,7 @@ def main() -> None:
     parser.add_argument("--digits-m", type=int, nargs="*", default=[100], help="digits_m rows")
     parser.add_argument("--office31", type=int, nargs="*", default=[93], help="Office-31 webcam rows (31 classes)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--dynamics", action="store_true", help="t-SNE maps and curves in each semi-supervised run dir")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_semisup")
     parser.add_argument("--table-only", action="store_true", help="write the table from the finished runs")
@@ -131,7 +139,7 @@ def main() -> None:
     if not args.table_only:
         from concurrent.futures import ThreadPoolExecutor
 
-        jobs = jobs_for(rows, args.seeds, args.arms)
+        jobs = jobs_for(rows, args.seeds, args.arms, args.dynamics)
         with ThreadPoolExecutor(args.parallel) as pool:  # in order: seed 0's rows first
             for future in [pool.submit(run_job, overrides, args.out / name) for name, overrides in jobs.items()]:
                 try:
