@@ -55,8 +55,9 @@ DYNAMICS = ["callbacks.pseudo_label_dynamics.epochs=[0,2,-1]", "callbacks.pseudo
 
 
 def jobs_for(rows: list[tuple[str, int]], seeds: list[int], arms=tuple(ARMS), dynamics: bool = False) -> dict[str, list[str]]:
-    """name -> overrides; `dynamics` draws the t-SNE maps (epochs 0, 2, last) of the semi-supervised arms,
-    which changes no number (the maps are drawn in eval mode, from no random stream of the training)."""
+    """name -> overrides; `dynamics` draws the t-SNE maps (epochs 0, 2, last) of the semi-supervised arms
+    (its evaluation loaders may draw from the global random stream, so such a run need not be bit-identical
+    to one without)."""
     jobs = {}
     for seed in seeds:
         for row, labels in rows:
