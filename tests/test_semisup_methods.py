@@ -53,8 +53,17 @@ def test_each_operation_does_what_its_name_says():
     assert torch.equal(sa.OPS["identity"](u, full(0)), u)
     assert torch.allclose(sa.OPS["posterize"](u, full(8)), (u * 255).round() / 255)
     assert torch.all(((sa.OPS["posterize"](u, full(4)) * 255).round() % 16) == 0)  # 4 bits kept
-    assert torch.allclose(sa.OPS["brightness"](u, full(0.5)), u * 0.5)
-    assert torch.allclose(sa.OPS["solarize"](u, full(0.5)), torch.where(u >= 0.5, 1 - u, u))
+    assert torch.allclose(sa.OPS["brightness"](u, full(0.3)), u * 0.3)  # asymmetric factors: f, not 1 - f
+    assert torch.allclose(sa.OPS["solarize"](u, full(0.3)), torch.where(u >= 0.3, 1 - u, u))
+    rgb = _images(c=3)
+    grey = (rgb * torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    assert torch.allclose(sa.OPS["color"](rgb, full(0.3)), grey + 0.3 * (rgb - grey), atol=1e-6)
+    assert torch.equal(sa.OPS["color"](u, full(0.3)), u)  # saturation: nothing to do on grey images
+    flat = torch.full_like(u, 0.4)
+    assert torch.allclose(sa.OPS["sharpness"](flat, full(0.05)), flat)  # smoothing a constant changes nothing
+    spike = torch.zeros(1, 1, 5, 5)
+    spike[..., 2, 2] = 1
+    assert sa.OPS["sharpness"](spike, torch.tensor([0.3]))[0, 0, 2, 2] == pytest.approx(5 / 13 + 0.3 * (1 - 5 / 13))
     assert torch.allclose(sa.OPS["contrast"](u, full(0.05)).std((1, 2, 3)), 0.05 * u.std((1, 2, 3)), rtol=1e-4)
     ac = sa.OPS["autocontrast"](0.25 + 0.5 * u, full(0))
     assert torch.allclose(ac.amin((1, 2, 3)), torch.zeros(n), atol=1e-6) and torch.allclose(ac.amax((1, 2, 3)), torch.ones(n))
@@ -217,8 +226,10 @@ def test_one_and_two_labels_per_class(num_labels):
 
 # ---- end to end: DDP, dynamics plots -------------------------------------------------------------------------
 def test_fixmatch_ddp_cpu_with_dynamics_plots(cli, tmp_path):
-    """Two gloo processes; the mask rate is an epoch mean over processes; process 0 draws the t-SNE maps."""
-    cli("model=fixmatch", "data=digits", "trainer=ddp_cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+    """Two gloo processes; the mask rate is an epoch mean over processes; process 0 draws the t-SNE maps.
+    max_steps ends the run after epoch 1 of 3: the map of epoch -1 (the last) is that epoch's."""
+    cli("model=fixmatch", "data=digits", "trainer=ddp_cpu", "trainer.max_epochs=3", "++trainer.max_steps=4",
+        "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "data.num_labels=20", "data.batch_size=8",
         "data.mu=2", "callbacks.progress_bar=null", "callbacks.model_checkpoint=null",
         "callbacks.pseudo_label_dynamics.epochs=[0,-1]", "callbacks.pseudo_label_dynamics.points=60",
@@ -231,6 +242,7 @@ def test_fixmatch_ddp_cpu_with_dynamics_plots(cli, tmp_path):
     for name in ("dynamics/epoch_000.png", "dynamics/epoch_001.png", "dynamics_grid.png", "dynamics_curves.png",
                  "dynamics.json"):
         assert (plots / name).is_file(), name
+    assert not (plots / "dynamics/epoch_002.png").exists()
 
 
 # ---- learning: the unlabeled images help -------------------------------------------------------------------

@@ -6,7 +6,8 @@
 - stars: a fixed sample of unlabeled images, coloured by the pseudo-label the network gives them at
   that epoch; wrong ones are crossed (x), those below the method's confidence threshold are faint.
 
-At each epoch listed in `epochs` (0-based, after that epoch's training and validation; -1 = the last)
+At each epoch listed in `epochs` (0-based, after that epoch's training and validation; -1 = the last,
+also when `trainer.max_steps` ends the run before `max_epochs`)
 the features of the predicting network (`evaluation_features`: Mean Teacher's teacher) are embedded
 with t-SNE and drawn to `<run dir>/plots/dynamics/epoch_NNN.png`; at the end of training all maps go
 into one grid, `plots/dynamics_grid.png`, and the curves over every epoch (pseudo-label accuracy on the
@@ -76,6 +77,10 @@ class PseudoLabelDynamics(pl.Callback):
             return
         self._collect_train_scalars(trainer)
         out = self.plot_dir(trainer)
+        last = self.history[-1]["epoch"] if self.history else trainer.current_epoch  # max_steps may end the run early
+        if -1 in self.epochs and last not in self.maps:
+            self.maps[last] = self.embed(trainer, pl_module)
+            self.draw_map(last, self.maps[last], out)
         if self.maps:
             self.draw_grid(out / "dynamics_grid.png")
         if self.history:
