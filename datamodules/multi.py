@@ -64,7 +64,7 @@ class MultiDomainDataModule(BaseDataModule):
     def data_info(self) -> dict:
         channels, height, _ = self.domains[self.train_domains[0]].shape
         return {"num_classes": self.domains[self.train_domains[0]].num_classes, "in_chans": channels,
-                "image_size": height}
+                "image_size": height, "num_domains": len(self.train_domains)}
 
     def train_steps_per_epoch(self, world_size: int = 1) -> int:
         """`steps_per_epoch`, or the batches of the largest training domain (per process under DDP)."""

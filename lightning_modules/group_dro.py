@@ -15,14 +15,12 @@ from .domain_generalization import DomainGeneralization
 
 
 class GroupDRO(DomainGeneralization):
-    def __init__(self, *args, eta: float = 0.01, **kwargs):
+    def __init__(self, *args, num_domains: int = 2, eta: float = 0.01, **kwargs):
         super().__init__(*args, **kwargs)
         self.eta = float(eta)
-        self.register_buffer("q", torch.zeros(0))
+        self.register_buffer("q", torch.full((num_domains,), 1.0 / num_domains))  # saved: a resume continues q
 
     def objective(self, features, logits, labels, ce, target=None):
-        if len(self.q) != len(ce):
-            self.q = torch.full((len(ce),), 1.0 / len(ce), device=ce.device)
         with torch.no_grad():
             mean_ce = gather_rows(ce.detach().float()[None]).mean(0)  # the same on every process
             q = self.q * torch.exp(self.eta * mean_ce)

@@ -79,7 +79,7 @@ def test_penalties_and_weights_on_hand_cases():
 def test_group_dro_weights_the_harder_domain_up():
     from lightning_modules.group_dro import GroupDRO
 
-    model = GroupDRO({"name": "lenet"}, 10, 1, {"_target_": "torch.optim.SGD", "lr": 0.1}, eta=1.0)
+    model = GroupDRO({"name": "lenet"}, 10, 1, {"_target_": "torch.optim.SGD", "lr": 0.1}, num_domains=2, eta=1.0)
     out = model.objective([], [], [], torch.tensor([1.0, 2.0]))
     expected = torch.tensor([math.e, math.e ** 2]) / (math.e + math.e ** 2)
     assert torch.allclose(model.q, expected) and out["train/loss"].item() == pytest.approx(float(expected @ torch.tensor([1.0, 2.0])))

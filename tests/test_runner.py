@@ -15,7 +15,8 @@ from datamodules.errors import ConfigError, DataFormatError
 
 GROUPS = ["model", "data", "trainer", "amp", "logger", "callbacks", "paths", "experiment", "optimizer", "debug"]
 # Data configs that need nothing from the network or the user's disk.
-OFFLINE_DATA = {"single": ["digits", "digits_m"], "pair": ["digits_to_digits_m"]}
+OFFLINE_DATA = {"single": ["digits", "digits_m"], "pair": ["digits_to_digits_m"], "multi": ["embedded_domains"]}
+SOURCE_FREE = ("shot", "aad", "self_training")  # they adapt a trained source model: the teacher run's encoder.pt
 # Keep each smoke fit to seconds: methods whose test phase samples or clusters get smaller settings.
 SMOKE = {
     # pretext tasks (issue 20): no t-SNE, a small kNN bank, a small U-Net
@@ -23,6 +24,7 @@ SMOKE = {
        ("autoencoder", "vae_ssl", "colorization", "inpainting", "jigsaw", "relative_position", "gan_ssl")},
     "ddpm_encoder": ["model.evaluation.tsne=false", "data.knn_bank_size=64", "model.input.image_size=16",
                      "model.backbone.base_channels=8"],
+    "osbp": ["data.known_classes=6"],  # open set: the target's classes 6-9 are unknown
     "ddpm": ["model.input.image_size=16", "model.evaluation.num_samples=32", "model.evaluation.classifier.epochs=1",
              "model.sampling.ddim_steps=5", "model.grid.num_images=4", "model.diffusion.timesteps=50"],
 }
@@ -74,6 +76,8 @@ def test_smoke_fit_of_every_valid_model_data_pair(tmp_path, model, data, request
     extra = list(SMOKE.get(model, []))
     if model == "distill":
         extra.append(f"model.teacher.checkpoint={request.getfixturevalue('teacher_run') / data / 'encoder.pt'}")
+    if model in SOURCE_FREE:
+        extra.append(f"model.source_model={request.getfixturevalue('teacher_run') / data / 'encoder.pt'}")
     metrics, _ = train_in_process(f"model={model}", f"data={data}", "debug=smoke", "callbacks=none",
                                   *extra, run_dir=tmp_path)
     assert any(k.startswith("test/") for k in metrics), metrics

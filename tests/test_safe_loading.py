@@ -269,7 +269,7 @@ def methods() -> list[tuple[str, str]]:
     for path in sorted((CONF_DIR / "model").glob("*.yaml")):
         kind = getattr(get_class(compose(f"model={path.stem}").model.datamodule._target_), "data_kind", "single")
         single = "digits_m" if path.stem == "colorization" else "digits"  # colorization needs colour images
-        pairs.append((path.stem, "digits_to_digits_m" if kind == "pair" else single))
+        pairs.append((path.stem, {"pair": "digits_to_digits_m", "multi": "embedded_domains"}.get(kind, single)))
     return pairs
 
 
@@ -289,6 +289,10 @@ def test_every_method_checkpoint_loads_weights_only_and_resumes(tmp_path, model,
         extra.append("data.knn_bank_size=64")  # the kNN validation embeds the bank every epoch
     if model == "distill":
         extra.append(f"model.teacher.checkpoint={request.getfixturevalue('teacher')}")
+    if model in ("shot", "aad", "self_training"):  # source-free: they adapt a trained source model
+        extra.append(f"model.source_model={request.getfixturevalue('teacher')}")
+    if model == "osbp":
+        extra.append("data.known_classes=6")  # open set
     common = (f"model={model}", f"data={data}", *FEW_STEPS, "test=false", *extra)
     train_in_process(*common, run_dir=tmp_path)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
