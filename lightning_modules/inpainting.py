@@ -25,7 +25,8 @@ from datamodules.errors import ConfigError
 from .components.adversarial import call_frozen, discriminator_loss, generator_loss
 from .components.backbones import create_backbone
 from .components.conv_decoder import ConvDecoder
-from .components.pretext import centre_mask, random_square_mask, running_stats_frozen
+from .components.modes import running_stats_frozen
+from .components.pretext import centre_mask, random_square_mask
 from .ssl_base import SSLMethod
 
 MASKS = ("centre", "random")

@@ -257,7 +257,8 @@ def test_unknown_dataset_option_lists_options():
 
 def test_every_registered_dataset_is_covered_here():
     covered = {"mnist", "fashion_mnist", "usps", "svhn", "cifar10", "cifar100", "stl10", "mnist_m", "npz",
-               "imagefolder", "digits", "digits_m", "office31"}  # office31: tests/test_pretrained.py
+               "imagefolder", "digits", "digits_m", "office31",  # office31: tests/test_pretrained.py
+               "rotated_mnist"}  # tests/test_domain_generalization.py
     assert set(DATASETS) <= covered | {n for n in DATASETS if n.startswith("test_")}
 
 

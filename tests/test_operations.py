@@ -42,7 +42,7 @@ def write_job(sweep: Path, num: int, overrides: list[str], status: str | None, m
 
 
 def test_summary_cli_rebuilds_a_partial_sweep(tmp_path, capsys):
-    from lightning_modules import summary
+    from runner import sweep_summary as summary
 
     write_job(tmp_path, 0, ["model=a", "seed=0"], "completed", {"test/acc": 0.5, "val/acc": 0.4})
     write_job(tmp_path, 1, ["model=a", "seed=1"], "completed", {"test/acc": 0.7, "val/acc": 0.6})
@@ -63,7 +63,7 @@ def test_summary_cli_rebuilds_a_partial_sweep(tmp_path, capsys):
 
 
 def test_summary_cli_rejects_a_dir_without_runs(tmp_path):
-    from lightning_modules import summary
+    from runner import sweep_summary as summary
 
     with pytest.raises(SystemExit):
         summary.main([str(tmp_path)])
