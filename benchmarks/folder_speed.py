@@ -13,8 +13,8 @@ test=false`). Arms, each a separate process:
                              domain classifier, losses, Adam and schedule for the same steps, no Lightning
 Peak memory (max RSS of the process) beside each. The table goes to benchmarks/results/folder_speed.md.
 
-Part 2 (`--rows simclr lite0`), the same arms (cache cold, cache warm, bare loop), whole process, default
-threads, a fixed number of steps, evaluation left at the defaults a user runs:
+More rows (`--rows simclr lite0 mnistm`), the same arms (cache cold, cache warm, bare loop), whole process,
+default threads, a fixed number of steps, evaluation left at the defaults a user runs:
   simclr   SimCLR on a 10,000-image 32 px colour folder (MNIST test digits blended with photo patches,
            MNIST-M's rule: benchmarks/defaults.py), small_cnn, batch 256, SIMCLR_STEPS steps, then the
            kNN / linear-probe validation and test passes and the t-SNE plot; the bare loop reads the folder
@@ -22,6 +22,8 @@ threads, a fixed number of steps, evaluation left at the defaults a user runs:
   lite0    fine-tuning ImageNet EfficientNet-Lite0 (strategy full) on Office-31 webcam photos at 224 px,
            batch 32, LITE0_STEPS steps, then validation and test; the bare loop reads the 795 JPEGs with
            PIL (resized to 224) and trains the same network and head with the same two learning rates.
+  mnistm   the whole `experiment=mnist_mnistm model=dann` preset on folders, before (data.cache=none: every
+           image decoded at every step) and after (data.cache=auto, first and second run); no bare loop.
 Project runs carry the PhaseTimer callback (lightning_modules/phase_timer.py): training steps, waiting
 for data, validation, test, checkpoints, fit-loop rest, measured in the same run; start-up (imports,
 decoding, model) = fit start - process start; the end (plots, results) = exit - last phase.
@@ -55,11 +57,12 @@ TRAIN_ONLY = ["model.tsne=false", "trainer.limit_val_batches=0", "test=false"]
 
 
 def write_folders() -> dict[str, Path]:
-    """2,000 MNIST and 1,800 USPS images as <class>/<i>.png (written once)."""
+    """2,000 MNIST and 1,800 USPS images as <class>/<i>.png, and all 10,000 MNIST test images (written once)."""
     import numpy as np
     from PIL import Image
 
-    folders = {"mnist": (SHARED / "mnist_test.npz", 2000), "usps": (SHARED / "usps_train.npz", 1800)}
+    folders = {"mnist": (SHARED / "mnist_test.npz", 2000), "usps": (SHARED / "usps_train.npz", 1800),
+               "mnist_all": (SHARED / "mnist_test.npz", 10_000)}
     out = {}
     for name, (npz, count) in folders.items():
         root = out[name] = DATA / name
@@ -88,8 +91,7 @@ def write_photo_folder() -> Path:
 def simclr_command(folder: Path, cache: str, run_dir: Path) -> list[str]:
     return ["run.py", "model=simclr", "data=imagefolder", f"data.dataset.root={folder}", "data.image_size=32",
             "data.channels=3", "trainer.max_epochs=1", f"trainer.limit_train_batches={SIMCLR_STEPS}",
-            f"data.cache={cache}", f"data.cache_dir={WORK / 'cache'}", *PHASE_TIMER,
-            f"+callbacks.phase_timer.path={run_dir}/phase_times.json", *(GPU_ARGS if GPU else []),
+            f"data.cache={cache}", f"data.cache_dir={WORK / 'cache'}", *timer(run_dir), *(GPU_ARGS if GPU else []),
             "callbacks.progress_bar=null", "overwrite=true", f"hydra.run.dir={run_dir}"]
 
 
@@ -98,8 +100,8 @@ def lite0_command(cache: str, run_dir: Path) -> list[str]:
             "data.dataset.domain=webcam", "model.backbone.name=tf_efficientnet_lite0",
             "model.backbone.pretrained=true", "model.strategy=full", "trainer.max_epochs=1",
             f"trainer.limit_train_batches={LITE0_STEPS}", f"data.cache={cache}", f"data.cache_dir={WORK / 'cache'}",
-            *PHASE_TIMER, f"+callbacks.phase_timer.path={run_dir}/phase_times.json", *(GPU_ARGS if GPU else []),
-            "callbacks.progress_bar=null", "overwrite=true", f"hydra.run.dir={run_dir}"]
+            *timer(run_dir), *(GPU_ARGS if GPU else []), "callbacks.progress_bar=null", "overwrite=true",
+            f"hydra.run.dir={run_dir}"]
 
 
 def project_command(folders: dict, cache: str, run_dir: Path, *extra: str) -> list[str]:
@@ -107,8 +109,22 @@ def project_command(folders: dict, cache: str, run_dir: Path, *extra: str) -> li
             "data.source.name=imagefolder", f"data.source.root={folders['mnist']}",
             "data.target.name=imagefolder", f"data.target.root={folders['usps']}",
             f"data.batch_size={BATCH}", "data.steps_per_epoch=50", f"trainer.max_epochs={STEPS // 50}",
-            f"data.cache={cache}", f"data.cache_dir={WORK / 'cache'}", *TRAIN_ONLY, *extra, *(GPU_ARGS if GPU else []),
+            f"data.cache={cache}", f"data.cache_dir={WORK / 'cache'}", *TRAIN_ONLY, *extra, *timer(run_dir),
+            *(GPU_ARGS if GPU else []), "callbacks.progress_bar=null", "overwrite=true", f"hydra.run.dir={run_dir}"]
+
+
+def mnistm_command(folders: dict, cache: str, run_dir: Path) -> list[str]:
+    """The MNIST -> MNIST-M DANN preset as a user runs it on folders: every default of the preset (batch 128,
+    20 passes over the larger domain, validation, test, t-SNE), only the data read from PNG folders."""
+    return ["run.py", "experiment=mnist_mnistm", "model=dann", "data=pair", "data.source.name=imagefolder",
+            f"data.source.root={folders['mnist_all']}", "data.target.name=imagefolder",
+            f"data.target.root={write_photo_folder()}", "data.image_size=28", "data.channels=3",
+            f"data.cache={cache}", f"data.cache_dir={WORK / 'cache'}", *timer(run_dir), *(GPU_ARGS if GPU else []),
             "callbacks.progress_bar=null", "overwrite=true", f"hydra.run.dir={run_dir}"]
+
+
+def timer(run_dir: Path) -> list[str]:
+    return [*PHASE_TIMER, f"+callbacks.phase_timer.path={run_dir}/phase_times.json"]
 
 
 def timed(args: list[str]) -> dict:
@@ -294,7 +310,14 @@ def row_arms(row: str) -> dict:
             "project, second run (cache warm)": lambda r: lite0_command("disk", WORK / f"lite0_{r}"),
             "bare loop": lambda r: [me, "--bare-lite0", str(OFFICE_WEBCAM)],
         }
-    raise SystemExit(f"unknown row {row!r}; choices: dann, simclr, lite0")
+    if row == "mnistm":
+        folders = write_folders()
+        return {
+            "before: data.cache=none (per-step decoding)": lambda r: mnistm_command(folders, "none", WORK / f"mnistm_none_{r}"),
+            "after: data.cache=auto, first run": lambda r: mnistm_command(folders, "auto", WORK / f"mnistm_auto_{r}"),
+            "after: data.cache=auto, second run": lambda r: mnistm_command(folders, "auto", WORK / f"mnistm_auto_{r}"),
+        }
+    raise SystemExit(f"unknown row {row!r}; choices: dann, simclr, lite0, mnistm")
 
 
 def phases(row: dict, run_dir: Path) -> dict:
@@ -331,35 +354,55 @@ def measure_row(row_name: str, repeats: int) -> dict:
     return rows
 
 
-def arm_table(rows: dict, bare: float) -> list[str]:
-    """One line per arm: median wall, ratio to the bare loop, every run, peak RSS."""
-    lines = ["| arm | wall s (median) | vs bare loop | runs | peak RSS MB |", "|---|---|---|---|---|"]
+def arm_table(rows: dict, reference: float, against: str = "bare loop") -> list[str]:
+    """One line per arm: median wall, ratio to the reference arm, every run, peak RSS."""
+    lines = [f"| arm | wall s (median) | vs {against} | runs | peak RSS MB |", "|---|---|---|---|---|"]
     for name, rs in rows.items():
         wall = statistics.median(r["wall_s"] for r in rs)
         runs = ", ".join(f"{r['wall_s']:.1f}" for r in rs)
-        lines.append(f"| {name} | {wall:.1f} | {wall / bare:.2f}x | {runs} | {max(r['maxrss_mb'] for r in rs):.0f} |")
+        lines.append(f"| {name} | {wall:.1f} | {wall / reference:.2f}x | {runs} | {max(r['maxrss_mb'] for r in rs):.0f} |")
     return lines
 
 
-def report_part2(row: str, rows: dict, machine: str) -> str:
-    what = {"simclr": f"SimCLR, 10,000-image 32 px colour PNG folder, batch 256, {SIMCLR_STEPS} training steps, then the "
-                      "default evaluation (kNN + linear probe on val and test, t-SNE plot)",
-            "lite0": f"fine-tuning ImageNet EfficientNet-Lite0 (full) on Office-31 webcam (795 JPEGs) at 224 px, batch 32, "
-                     f"{LITE0_STEPS} training steps, then the default validation and test"}[row]
-    bare = statistics.median(r["wall_s"] for r in rows["bare loop"])
+WHAT = {
+    "dann": f"DANN MNIST -> USPS from PNG folders (2,000 / 1,800 images), {STEPS} steps of batch {BATCH}, training only",
+    "simclr": f"SimCLR, 10,000-image 32 px colour PNG folder, batch 256, {SIMCLR_STEPS} training steps, then the "
+              "default evaluation (kNN + linear probe on val and test, t-SNE plot)",
+    "lite0": f"fine-tuning ImageNet EfficientNet-Lite0 (full) on Office-31 webcam (795 JPEGs) at 224 px, batch 32, "
+             f"{LITE0_STEPS} training steps, then the default validation and test",
+    "mnistm": "the MNIST -> MNIST-M DANN preset (`experiment=mnist_mnistm`, every default) on PNG folders: the 10,000 "
+              "MNIST test digits -> the same digits blended with photo patches by MNIST-M's rule (the stand-in: "
+              "../shared/data has no MNIST training set or MNIST-M), before and after decode-once",
+}
+
+
+def median_of(rs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rs)
+
+
+def report_row(row: str, rows: dict, machine: str) -> str:
+    """The row's table (ratios to the bare loop, or to the first arm where there is none), the bare loop's
+    reading / training split, the project's training rate against the bare loop's, the phase breakdown."""
+    against = "bare loop" if "bare loop" in rows else next(iter(rows))
     loads = [r["load_1min_before"] for rs in rows.values() for r in rs]
-    lines = [f"## {row}: {what}", "",
+    lines = [f"## {row}: {WHAT[row]}", "",
              f"Machine: {machine}; 1-min load average before each run {min(loads):.1f}-{max(loads):.1f}. Median of "
-             f"{len(rows['bare loop'])} alternating runs; `python benchmarks/folder_speed.py --rows {row}`.", "",
-             *arm_table(rows, bare)]
-    b = rows["bare loop"]
-    bare_train = statistics.median(r["train_s"] for r in b)
-    lines += ["", f"Bare loop: reading the files {statistics.median(r['read_s'] for r in b):.1f} s, training steps "
-              f"{bare_train:.1f} s, the rest (imports, model) {bare - bare_train - statistics.median(r['read_s'] for r in b):.1f} s.", ""]
+             f"{len(rows[against])} alternating runs; `python benchmarks/folder_speed.py --rows {row}`.", "",
+             *arm_table(rows, median_of(rows[against], "wall_s"), against)]
+    if "bare loop" in rows:
+        b = rows["bare loop"]
+        read, train = median_of(b, "read_s"), median_of(b, "train_s")
+        lines += ["", f"Bare loop: reading the files {read:.1f} s, training steps (batches included) {train:.1f} s "
+                  f"({b[0]['steps'] / train:.2f} steps/s), the rest (imports, model) {median_of(b, 'wall_s') - train - read:.1f} s."]
+        warm = [n for n in rows if "second run" in n]
+        if warm and rows[warm[0]][0].get("phases"):
+            project = statistics.median(r["phases"]["train_steps"] + r["phases"].get("train_data", 0.0) for r in rows[warm[0]])
+            lines += [f"Project ({warm[0]}): training steps + waiting for batches {project:.1f} s "
+                      f"({b[0]['steps'] / project:.2f} steps/s, **{train / project:.2f}x the bare loop's rate**)."]
     names = [n for n in rows if n != "bare loop"]
     keys = list(dict.fromkeys(k for n in names for r in rows[n] for k in r.get("phases", {})))
     if keys:
-        lines += ["Per-phase breakdown of the project runs (PhaseTimer, same runs, median s):", "",
+        lines += ["", "Per-phase breakdown of the project runs (PhaseTimer, same runs, median s):", "",
                   "| phase | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for k in keys:
             vals = [statistics.median(r["phases"].get(k, 0.0) for r in rows[n]) for n in names]
@@ -368,57 +411,12 @@ def report_part2(row: str, rows: dict, machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def measure(repeats: int) -> dict:
-    folders = write_folders()
-    arms = {
-        "project, data.cache=none": lambda r: project_command(folders, "none", WORK / f"none_{r}"),
-        "project, data.cache=disk, first run": lambda r: project_command(folders, "disk", WORK / f"disk_{r}"),
-        "project, data.cache=disk, second run": lambda r: project_command(folders, "disk", WORK / f"disk_{r}"),
-        "project, start-up only (train=false)": lambda r: project_command(folders, "disk", WORK / f"start_{r}", "train=false"),
-        "bare loop": lambda r: [str(Path(__file__).relative_to(ROOT)), "--bare", str(folders["mnist"]), str(folders["usps"])],
-    }
-    rows: dict = {name: [] for name in arms}
-    for r in range(repeats):  # alternating, so drift in the machine's load hits every arm alike
-        for name, make in arms.items():
-            if name.endswith("first run"):
-                subprocess.run(["rm", "-rf", str(WORK / "cache")], check=True)
-            args = make(r)
-            row = timed(args)
-            row["command"] = "python " + shlex.join(a.replace(f"{ROOT}/", "") for a in args)
-            if name == "bare loop":
-                row.update(json.loads(row.pop("stdout").strip().splitlines()[-1]))
-            else:
-                row.pop("stdout")
-            rows[name].append(row)
-            print(f"{name:40s} {row['wall_s']:7.1f} s", flush=True)
-    return rows
-
-
-def report(rows: dict, machine: str) -> str:
-    bare = statistics.median(r["wall_s"] for r in rows["bare loop"])
-    lines = ["# Speed on image folders (whole process, default threads)", "",
-             f"DANN MNIST -> USPS from PNG folders (2,000 / 1,800 images), {STEPS} steps of batch {BATCH}, training only. "
-             f"Machine: {machine}. Median of {len(rows['bare loop'])} alternating runs; generated by "
-             "`python benchmarks/folder_speed.py`.", "",
-             *arm_table(rows, bare)]
-    b = rows["bare loop"]
-    bare_train = statistics.median(r["train_s"] for r in b)
-    start = statistics.median(r["wall_s"] for r in rows["project, start-up only (train=false)"])
-    warm = statistics.median(r["wall_s"] for r in rows["project, data.cache=disk, second run"])
-    lines += ["", f"Bare loop: reading the folders {statistics.median(r['read_s'] for r in b):.1f} s, "
-              f"{STEPS} training steps {bare_train:.1f} s ({STEPS / bare_train:.1f} steps/s). Project, cache warm: "
-              f"training = wall - start-up = {warm - start:.1f} s ({STEPS / (warm - start):.1f} steps/s, "
-              f"{bare_train / (warm - start):.2f}x the bare loop's rate).", "", "Commands:", ""]
-    lines += [f"    {rs[0]['command']}" for rs in rows.values()]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bare", nargs=2, type=Path, metavar=("SOURCE", "TARGET"))
     parser.add_argument("--bare-simclr", type=Path, metavar="FOLDER")
     parser.add_argument("--bare-lite0", type=Path, metavar="FOLDER")
-    parser.add_argument("--rows", nargs="+", default=["dann"], help="dann (part 1), simclr, lite0")
+    parser.add_argument("--rows", nargs="+", default=["dann"], help="dann, simclr, lite0, mnistm")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--machine", default="2-core CPU, no GPU")
     parser.add_argument("--gpu", action="store_true", help="project: trainer=gpu amp=bf16 model.channels_last=true; "
@@ -435,25 +433,14 @@ def main() -> None:
         return bare_simclr(args.bare_simclr)
     if args.bare_lite0:
         return bare_lite0(args.bare_lite0)
-    for row in [r for r in args.rows if r != "dann"]:
+    for row in args.rows:
         rows = measure_row(row, args.repeats)
         RESULTS.mkdir(parents=True, exist_ok=True)
         name = f"folder_speed_{row}{'_gpu' if GPU else ''}"
         (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
-        text = report_part2(row, rows, args.machine)
+        text = report_row(row, rows, args.machine)
         (RESULTS / f"{name}.md").write_text(text)
         print(text)
-    if "dann" not in args.rows:
-        return
-    rows = measure(args.repeats)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    if GPU:
-        (RESULTS / "folder_speed_dann_gpu.md").write_text(report(rows, args.machine))
-        return print(report(rows, args.machine))
-    (RESULTS / "folder_speed.json").write_text(json.dumps(rows, indent=1) + "\n")
-    text = report(rows, args.machine)
-    (RESULTS / "folder_speed.md").write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

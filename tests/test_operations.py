@@ -177,6 +177,8 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted
 
 def test_ctrl_c_leaves_a_checkpoint_and_an_interrupted_status(tmp_path):
     handler = signal.getsignal(signal.SIGINT)
+    # Python's Ctrl-C handler even when pytest was started in the background (which ignores SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(SystemExit, match="130"):  # Ctrl-C: exit status 130
             run_in_process(*TINY, "trainer.max_epochs=1", "+callbacks.kill._target_=runner.fault_tolerance.SignalAtStep",

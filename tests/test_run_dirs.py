@@ -238,8 +238,10 @@ def test_resume_appends_csv_rows_and_continues_tensorboard(copy_of):
 
 def test_ctrl_c_exits_130_with_a_one_line_message(tmp_path):
     args = [sys.executable, str(ROOT / "run.py"), *TINY, "trainer.max_epochs=100000", f"hydra.run.dir={tmp_path}"]
+    # the child gets the default Ctrl-C action even when pytest runs in the background (SIGINT ignored there)
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300  # start-up alone can take a minute on a loaded 2-core machine
         # training: an epoch is done (epochNNN.ckpt replaces the last one, so any of them)

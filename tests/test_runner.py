@@ -14,22 +14,9 @@ from run import DA_PROTOCOLS
 from datamodules.errors import ConfigError, DataFormatError
 
 GROUPS = ["model", "data", "trainer", "amp", "logger", "callbacks", "paths", "experiment", "optimizer", "debug"]
-# Data configs that need nothing from the network or the user's disk.
-# Colour single datasets only: every method also fits (and resumes) on the grey `digits` in
-# tests/test_safe_loading.py, so both channel conversions are covered without fitting each model twice here.
+# Data configs that need nothing from the network or the user's disk, one per kind of method. (Every method
+# fits, resumes and tests on data of its kind in tests/test_safe_loading.py.)
 OFFLINE_DATA = {"single": ["digits_m"], "pair": ["digits_to_digits_m"], "multi": ["embedded_domains"]}
-SOURCE_FREE = ("shot", "aad", "self_training")  # they adapt a trained source model: the teacher run's encoder.pt
-# Keep each smoke fit to seconds: methods whose test phase samples or clusters get smaller settings.
-SMOKE = {
-    # pretext tasks (issue 20): no t-SNE, a small kNN bank, a small U-Net
-    **{m: ["model.evaluation.tsne=false", "data.knn_bank_size=64"] for m in
-       ("autoencoder", "vae_ssl", "colorization", "inpainting", "jigsaw", "relative_position", "gan_ssl")},
-    "ddpm_encoder": ["model.evaluation.tsne=false", "data.knn_bank_size=64", "model.input.image_size=16",
-                     "model.backbone.base_channels=8"],
-    "osbp": ["data.known_classes=6"],  # open set: the target's classes 6-9 are unknown
-    "ddpm": ["model.input.image_size=16", "model.evaluation.num_samples=32", "model.evaluation.classifier.epochs=1",
-             "model.sampling.ddim_steps=5", "model.grid.num_images=4", "model.diffusion.timesteps=50"],
-}
 
 
 def options(group: str) -> list[str]:
@@ -50,41 +37,9 @@ def test_every_config_composes(tmp_path, group, option):
     assert container["model"]["_target_"] and container["trainer"]["_target_"]
 
 
-# Methods that predict colour from grey: on grey data they fail before training (tests/test_pretext.py).
-COLOUR_ONLY = {"colorization"}
-
-
-def valid_pairs():
-    return [(m, d) for m in options("model") for d in OFFLINE_DATA[model_kind(m)]
-            if not (m in COLOUR_ONLY and d == "digits")]
-
-
 def invalid_pairs():
     return [(m, d) for m in options("model") for kind, datas in OFFLINE_DATA.items() if kind != model_kind(m)
             for d in datas[:1]]
-
-
-@pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
-    """A supervised LeNet on digits, whose encoder.pt (with its head) is distill's teacher."""
-    run_dir = tmp_path_factory.mktemp("teacher")
-    for data in OFFLINE_DATA["single"]:
-        train_in_process(f"data={data}", "debug=smoke", "callbacks=none", run_dir=run_dir / data)
-    return run_dir
-
-
-@pytest.mark.parametrize("model,data", valid_pairs())
-def test_smoke_fit_of_every_valid_model_data_pair(tmp_path, model, data, request):
-    extra = list(SMOKE.get(model, []))
-    if model == "distill":
-        extra.append(f"model.teacher.checkpoint={request.getfixturevalue('teacher_run') / data / 'encoder.pt'}")
-    if model in SOURCE_FREE:
-        extra.append(f"model.source_model={request.getfixturevalue('teacher_run') / data / 'encoder.pt'}")
-    metrics, _ = train_in_process(f"model={model}", f"data={data}", "debug=smoke", "callbacks=none",
-                                  *extra, run_dir=tmp_path)
-    assert any(k.startswith("test/") for k in metrics), metrics
-    results = read_results(tmp_path)
-    assert results["status"] == "completed"
 
 
 @pytest.mark.parametrize("model,data", invalid_pairs())
