@@ -65,7 +65,7 @@ class BaseMethod(pl.LightningModule):
         self.compile_options: dict | None = None  # speed switches, set by run.py from model.compile /
         self.use_channels_last = False              # model.channels_last (see `speed_options`)
         self._nets_compiled = False
-        self._epoch_sums: dict[str, list] = {}  # log_train: name -> [sum of value x batch size, count, on_step]
+        self._epoch_sums: dict[str, list] = {}  # log_train: name -> [sum of value x batch size, count, on_step, prog_bar]
 
     # ---- speed switches (model.compile, model.channels_last) ------------------------------------
     def speed_options(self, compile: bool | dict = False, channels_last: bool = False) -> None:
@@ -148,7 +148,8 @@ class BaseMethod(pl.LightningModule):
         return loss
 
     # ---- cheap training scalars ---------------------------------------------------------------------
-    def log_train(self, values: dict[str, torch.Tensor | float], batch_size: int, on_step: bool = False) -> None:
+    def log_train(self, values: dict[str, torch.Tensor | float], batch_size: int, on_step: bool = False,
+                  prog_bar: bool = False) -> None:
         """Training scalars without a `self.log` call per value and step: Lightning's bookkeeping costs
         ~0.3-0.5 ms per call on a CPU, a visible share of a small step. Epoch means (weighted by batch size)
         accumulate here and are logged once per epoch as `<name>` (`<name>_epoch` with `on_step`, as
@@ -156,7 +157,7 @@ class BaseMethod(pl.LightningModule):
         the loggers write (`trainer.log_every_n_steps`)."""
         for name, value in values.items():
             value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
-            entry = self._epoch_sums.setdefault(name, [0.0, 0, on_step])
+            entry = self._epoch_sums.setdefault(name, [0.0, 0, on_step, prog_bar])
             entry[0] = entry[0] + value * batch_size
             entry[1] += batch_size
         if on_step and self._loggers_write_this_step():
@@ -169,10 +170,10 @@ class BaseMethod(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """The epoch means of `log_train` (averaged over processes under DDP, which see equal batches)."""
-        for name, (total, count, on_step) in self._epoch_sums.items():
+        for name, (total, count, on_step, prog_bar) in self._epoch_sums.items():
             mean = total / max(count, 1)
             mean = mean.to(self.device) if torch.is_tensor(mean) else torch.tensor(mean, device=self.device)
-            self.log(f"{name}_epoch" if on_step else name, mean, sync_dist=True)
+            self.log(f"{name}_epoch" if on_step else name, mean, sync_dist=True, prog_bar=prog_bar)
         self._epoch_sums = {}
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.errors import ConfigError
 
@@ -36,7 +35,6 @@ class OSBP(DomainAdaptation):
                               "classes are known; the target's other classes are unknown)")
         self.boundary = float(boundary)
         self.classifier = nn.Linear(self.backbone.num_features, self.num_classes + 1)  # the last: unknown
-        self.train_acc = MulticlassAccuracy(self.num_classes + 1, average="micro")
 
     def training_step(self, batch, batch_idx):
         (xs, ys), xt = batch["source"], batch["target"]
