@@ -47,7 +47,7 @@ WORK = ROOT / "outputs" / "benchmarks" / "folder_speed"
 DATA = WORK / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 STEPS, BATCH = 1000, 64
-SIMCLR_STEPS, LITE0_STEPS = 10, 3
+SIMCLR_STEPS, LITE0_STEPS = 10, 10
 OFFICE_WEBCAM = SHARED / "office31" / "webcam"
 # --gpu (benchmarks/gpu_check.sh): the project on the GPU in bf16 with channels-last weights, the bare loops alike
 GPU = os.environ.get("FOLDER_SPEED_GPU") == "1"

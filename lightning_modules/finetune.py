@@ -24,7 +24,6 @@ that hold parameters, in registration order.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 from datamodules.errors import ConfigError
 
 from .components.feature_cache import CachedSplits
+from .components.param_groups import head_and_backbone_groups
 from .supervised import Supervised
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,6 @@ def stage_output_modules(backbone: nn.Module) -> list[str]:
                 break
         names.append(best)
     return names
-
-
-def base_learning_rate(optimizer_factory) -> float:
-    """The `lr` of the optimizer partial, or the optimizer's default."""
-    if "lr" in getattr(optimizer_factory, "keywords", {}):
-        return float(optimizer_factory.keywords["lr"])
-    default = inspect.signature(optimizer_factory.func).parameters["lr"].default
-    return float(default)
 
 
 def frozen_norm_layers(module: nn.Module) -> list[nn.Module]:
@@ -138,12 +130,7 @@ class Finetune(Supervised):
         return self
 
     def parameter_groups(self):
-        lr = base_learning_rate(self.optimizer_factory)
-        groups = [{"params": list(self.classifier.parameters()), "lr": lr}]
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        if backbone:
-            groups.append({"params": backbone, "lr": lr * self.backbone_lr_mult})
-        return groups
+        return head_and_backbone_groups(self.classifier, self.backbone, self.optimizer_factory, self.backbone_lr_mult)
 
     # ---- linear: features computed once ------------------------------------------------------------
     def on_fit_start(self) -> None:

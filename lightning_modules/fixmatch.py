@@ -33,8 +33,8 @@ from .semisup_base import SemiSupervisedMethod
 class FixMatch(SemiSupervisedMethod):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  scheduler_interval: str = "step", threshold: float = 0.95, lambda_u: float = 1.0,
-                 weak: dict | None = None, strong: dict | None = None):
-        super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, scheduler_interval)
+                 weak: dict | None = None, strong: dict | None = None, backbone_lr_mult: float | None = None):
+        super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, scheduler_interval, backbone_lr_mult)
         self.save_hyperparameters(logger=False)
         if not 0.0 <= threshold < 1.0:
             raise ConfigError(f"model.threshold={threshold} must lie in [0, 1) (the paper's tau: 0.95)")

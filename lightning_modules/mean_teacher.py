@@ -42,8 +42,8 @@ class MeanTeacher(SemiSupervisedMethod):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  scheduler_interval: str = "epoch", ema_decay: float = 0.99, consistency: float = 10.0,
                  rampup: float = 0.4, translate: float = 0.125, noise_std: float = 0.15,
-                 evaluate_with: str = "teacher"):
-        super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, scheduler_interval)
+                 evaluate_with: str = "teacher", backbone_lr_mult: float | None = None):
+        super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, scheduler_interval, backbone_lr_mult)
         self.save_hyperparameters(logger=False)
         if not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"model.ema_decay={ema_decay} must lie in [0, 1) (the paper: 0.99, then 0.999)")

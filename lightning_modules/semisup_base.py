@@ -12,7 +12,11 @@
   means are averaged over processes (sync_dist) under DDP;
 - `evaluation_logits(x)`: the network that predicts (Mean Teacher: the EMA teacher) and
   `evaluation_features(x)` for the t-SNE maps of `PseudoLabelDynamics`;
-- a generator for on-device augmentation draws, per process under DDP.
+- a generator for on-device augmentation draws, per process under DDP;
+- per-part learning rates: a backbone that starts from pretrained weights trains at `backbone_lr_mult`
+  (default 0.1) x the head's lr, as in fine-tuning; one from scratch at the same lr (the default `null`
+  resolves to 1). On Office-31 with the ImageNet Lite0 at the full lr, Pseudo-Label's and Mean Teacher's
+  unlabeled terms wrecked the pretrained features (benchmarks/results/semisup.md).
 """
 from __future__ import annotations
 
@@ -21,16 +25,25 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from datamodules.errors import ConfigError
+
 from .base import BaseMethod, ClassificationMetrics
 from .components.backbones import create_backbone
+from .components.param_groups import head_and_backbone_groups, starts_pretrained
 
 
 class SemiSupervisedMethod(BaseMethod):
     threshold: float = 0.0  # pseudo-labels scored as accepted in validation (FixMatch's tau)
 
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
-                 scheduler_interval: str = "epoch"):
+                 scheduler_interval: str = "epoch", backbone_lr_mult: float | None = None):
         super().__init__(optimizer, scheduler, scheduler_interval)
+        if backbone_lr_mult is None:
+            backbone_lr_mult = 0.1 if starts_pretrained(backbone) else 1.0
+        if not backbone_lr_mult > 0:
+            raise ConfigError(f"model.backbone_lr_mult={backbone_lr_mult} must be > 0 (null: 0.1 for a pretrained "
+                              f"backbone, 1 from scratch)")
+        self.backbone_lr_mult = float(backbone_lr_mult)
         self.backbone = create_backbone(in_chans=in_chans, **backbone)
         self.classifier = nn.Linear(self.backbone.num_features, num_classes)
         self.metrics = ClassificationMetrics(num_classes)
@@ -40,6 +53,9 @@ class SemiSupervisedMethod(BaseMethod):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(x))
+
+    def parameter_groups(self):
+        return head_and_backbone_groups(self.classifier, self.backbone, self.optimizer_factory, self.backbone_lr_mult)
 
     # ---- what predicts: the student by default (Mean Teacher overrides with its teacher) -------------
     def evaluation_logits(self, x: torch.Tensor) -> torch.Tensor:

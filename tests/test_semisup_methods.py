@@ -16,6 +16,7 @@ from conftest import read_results
 from datamodules.errors import ConfigError
 from datamodules.semisup import SemiSupervisedDataModule
 from lightning_modules.components import strong_augment as sa
+from lightning_modules.components.param_groups import starts_pretrained
 from lightning_modules.components.pseudo_labels import pseudo_label_loss, softmax_mse
 from lightning_modules.components.schedules import sigmoid_rampup
 from lightning_modules.fixmatch import FixMatch
@@ -163,6 +164,24 @@ def test_mean_teacher_consistency_and_rampup():
     assert sigmoid_rampup(0.4, 0.4) == 1.0 and sigmoid_rampup(0.9, 0.4) == 1.0
     with pytest.raises(ConfigError, match="evaluate_with"):
         _mt(evaluate_with="both")
+
+
+# ---- a pretrained backbone trains at a fraction of the head's lr -------------------------------------------
+def test_backbone_learning_rate_follows_whether_the_backbone_starts_pretrained():
+    assert starts_pretrained({"name": "tf_efficientnet_lite0", "pretrained": True})
+    assert starts_pretrained({"name": "lenet", "checkpoint": "run/encoder.pt"})
+    assert not starts_pretrained({"name": "lenet", "pretrained": False, "pretrained_file": None, "checkpoint": None})
+    scratch = FixMatch({"name": "lenet"}, 10, 1, optimizer=SGD)
+    head, backbone = scratch.parameter_groups()
+    assert (head["lr"], backbone["lr"]) == (0.1, 0.1)  # from scratch: one lr (the default null resolves to 1)
+    assert {id(p) for p in head["params"]} == {id(p) for p in scratch.classifier.parameters()}
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in scratch.backbone.parameters()}
+    teacher = _mt(backbone_lr_mult=0.1)
+    head, backbone = teacher.parameter_groups()
+    assert (head["lr"], backbone["lr"]) == (0.1, pytest.approx(0.01))
+    assert not {id(p) for p in teacher.teacher.parameters()} & {id(p) for g in (head, backbone) for p in g["params"]}
+    with pytest.raises(ConfigError, match="backbone_lr_mult"):
+        _mt(backbone_lr_mult=0)
 
 
 # ---- hidden labels never reach a loss ---------------------------------------------------------------------
