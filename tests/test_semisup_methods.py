@@ -20,7 +20,7 @@ from lightning_modules.components.param_groups import starts_pretrained
 from lightning_modules.components.pseudo_labels import pseudo_label_loss, softmax_mse
 from lightning_modules.components.schedules import sigmoid_rampup
 from lightning_modules.fixmatch import FixMatch
-from lightning_modules.mean_teacher import MeanTeacher, mean_teacher_decay
+from lightning_modules.mean_teacher import MeanTeacher, input_noise_std, mean_teacher_decay
 
 SGD = partial(torch.optim.SGD, lr=0.1)
 
@@ -167,7 +167,7 @@ def test_mean_teacher_consistency_and_rampup():
 
 
 # ---- a pretrained backbone trains at a fraction of the head's lr -------------------------------------------
-def test_backbone_learning_rate_follows_whether_the_backbone_starts_pretrained():
+def test_backbone_lr_and_input_noise_follow_whether_the_backbone_starts_pretrained():
     assert starts_pretrained({"name": "tf_efficientnet_lite0", "pretrained": True})
     assert starts_pretrained({"name": "lenet", "checkpoint": "run/encoder.pt"})
     assert not starts_pretrained({"name": "lenet", "pretrained": False, "pretrained_file": None, "checkpoint": None})
@@ -182,6 +182,11 @@ def test_backbone_learning_rate_follows_whether_the_backbone_starts_pretrained()
     assert not {id(p) for p in teacher.teacher.parameters()} & {id(p) for g in (head, backbone) for p in g["params"]}
     with pytest.raises(ConfigError, match="backbone_lr_mult"):
         _mt(backbone_lr_mult=0)
+    assert _mt().noise_std == 0.15  # the paper's input noise, from scratch
+    assert input_noise_std(None, {"name": "tf_efficientnet_lite0", "pretrained": True}) == 0.0
+    assert input_noise_std(0.05, {"name": "tf_efficientnet_lite0", "pretrained": True}) == 0.05
+    with pytest.raises(ConfigError, match="noise_std"):
+        _mt(noise_std=-1)
 
 
 # ---- hidden labels never reach a loss ---------------------------------------------------------------------
