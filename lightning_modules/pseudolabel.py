@@ -53,7 +53,8 @@ PSEUDO_LABELS_FROM = ("eval", "train")  # the network as it predicts (dropout of
 class PseudoLabel(SemiSupervisedMethod):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  scheduler_interval: str = "epoch", t1: float = 0.25, t2: float = 0.75, alpha_f: float = 3.0,
-                 confidence_threshold: float = 0.0, use_unlabeled: bool = True, pseudo_labels_from: str = "eval", backbone_lr_mult: float | None = None):
+                 confidence_threshold: float = 0.0, use_unlabeled: bool = True, pseudo_labels_from: str = "eval",
+                 backbone_lr_mult: float | None = None):
         super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, scheduler_interval, backbone_lr_mult)
         self.save_hyperparameters(logger=False)
         if not 1 >= t2 > t1 >= 0:
