@@ -7,6 +7,12 @@ Adaptation", ICCV 2019, Eq. 1), the M3SDA alignment term on one shared classifie
 f_i: the features of source i's batch, f_T of the unlabeled target's (data.unlabeled_target=true), f^k the
 element-wise k-th power. (The paper's full M3SDA-beta adds one classifier per source and their weighting; this
 is the moment-matching part, beside the mixed-source baseline `model=erm data.unlabeled_target=true`.)
+
+lambda = 0.0005 by default, the weight of the authors' digit experiments (VisionLearningGroup.github.io,
+M3SDA/code_MSDA_digit/solver_MSDA.py: `loss_msda = 0.0005 * msda.msda_regulizer(...)`). The distance is a sum of
+unsquared norms of raw feature moments, so its gradient does not vanish as the features shrink: at lambda = 0.5 a
+LeNet's ReLU features collapsed to zero on Rotated MNIST (moment distance 0, cross-entropy stuck at ln 10, 11.7%
+test accuracy on every seed; benchmarks/RESULTS.md, issue 23).
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ def moment_distance(sources: list[torch.Tensor], target: torch.Tensor, orders: i
 
 
 class M3SDA(DomainGeneralization):
-    def __init__(self, *args, trade_off: float = 0.5, **kwargs):
+    def __init__(self, *args, trade_off: float = 0.0005, **kwargs):
         super().__init__(*args, **kwargs)
         self.trade_off = float(trade_off)
 
