@@ -32,7 +32,7 @@ from torch import nn
 from datamodules.errors import ConfigError
 
 from .components.feature_cache import CachedSplits
-from .components.param_groups import head_and_backbone_groups
+from .components.param_groups import head_and_backbone_groups, starts_pretrained
 from .supervised import Supervised
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Finetune(Supervised):
             raise ConfigError(f"model.strategy={strategy!r} is not a fine-tuning strategy; choices: {list(STRATEGIES)}")
         if strategy != "linear" and not backbone_lr_mult > 0:
             raise ConfigError(f"model.backbone_lr_mult={backbone_lr_mult} must be > 0 (model.strategy=linear freezes the backbone)")
-        if not (backbone.get("checkpoint") or backbone.get("pretrained") or backbone.get("pretrained_file")):
+        if not starts_pretrained(backbone):
             log.warning("model.strategy=%s without pretrained weights (model.backbone.checkpoint / pretrained / "
                         "pretrained_file): the backbone starts from random initialisation", strategy)
         super().__init__(backbone, num_classes, in_chans, optimizer, scheduler, scheduler_interval)
