@@ -45,7 +45,7 @@ SINGLE = {
 }
 PAIRS = {
     "mnist_to_photo": ["data=pair", "data.source.name=npz", f"+data.source.path={SHARED}/mnist_test.npz",
-                       "data.target.name=imagefolder", f"+data.target.root={FOLDERS}/mnist_photo", "data.channels=3"],
+                       "data.target.name=imagefolder", f"data.target.root={FOLDERS}/mnist_photo", "data.channels=3"],
     "usps_to_mnist": ["data=pair", "data.source.name=npz", f"+data.source.train_path={SHARED}/usps_train.npz",
                       f"+data.source.test_path={SHARED}/usps_test.npz", "data.target.name=npz",
                       f"+data.target.path={SHARED}/mnist_test.npz"],

@@ -13,6 +13,8 @@ Registered here:
 - `lenet`: the LeNet variant of the ADDA paper (Tzeng et al. 2017) for 28x28 digits:
   conv 20@5x5 - maxpool - ReLU - conv 50@5x5 - dropout - maxpool - ReLU - fc 500 - ReLU.
 - `small_cnn`: three conv-BN-ReLU blocks (32, 64, 128 channels) with global pooling, for 8-32 px.
+- `small_cnn_narrow`: the same with 16, 32, 64 channels (a quarter of the FLOPs): the self-supervised
+  family's default, sized for a CPU.
 - `resnet18_cifar`: ResNet-18 with the CIFAR stem (3x3 stride-1 first conv, no max-pool), as in
   He et al. (2016, Sec. 4.2) and SimCLR's CIFAR experiments.
 - `unet_encoder`: the down path and middle block of DDPM's U-Net (`components.unet`), global-pooled: the
@@ -151,6 +153,7 @@ default_cfgs = generate_default_cfgs(
         # fixed_input_size: the size the runner gives LeNet's data unless data.image_size says otherwise
         "lenet.untrained": _cfg(input_size=(1, 28, 28), fixed_input_size=True, first_conv="stages.0.0"),
         "small_cnn.untrained": _cfg(first_conv="stages.0.0.0"),
+        "small_cnn_narrow.untrained": _cfg(first_conv="stages.0.0.0"),
         "resnet18_cifar.untrained": _cfg(first_conv="conv1", classifier="fc"),
         "unet_encoder.untrained": _cfg(first_conv="unet.conv_in"),
     }
@@ -168,6 +171,11 @@ def small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
 
 
 @register_model
+def small_cnn_narrow(pretrained: bool = False, **kwargs) -> SmallCNN:
+    return build_model_with_cfg(SmallCNN, "small_cnn_narrow", pretrained, **{"widths": (16, 32, 64), **kwargs})
+
+
+@register_model
 def resnet18_cifar(pretrained: bool = False, **kwargs) -> ResNetCifar:
     return build_model_with_cfg(ResNetCifar, "resnet18_cifar", pretrained, **kwargs)
 
@@ -180,7 +188,7 @@ def unet_encoder(pretrained: bool = False, **kwargs) -> UNetEncoder:
 def check_backbone_name(name: str, option: str = "model.backbone.name") -> None:
     if timm.is_model(name):
         return
-    ours = ["lenet", "small_cnn", "resnet18_cifar", "unet_encoder"]
+    ours = ["lenet", "small_cnn", "small_cnn_narrow", "resnet18_cifar", "unet_encoder"]
     close = difflib.get_close_matches(name, timm.list_models(), n=5)
     raise ConfigError(f"{option}={name!r} is not a timm model; ours: {ours}; close timm names: {close}")
 
@@ -194,6 +202,20 @@ def declared_input_size(name: str, pretrained: bool = False) -> int | None:
     if cfg is None or not (pretrained or getattr(cfg, "fixed_input_size", False)):
         return None
     return int(cfg.input_size[-1])
+
+
+@contextlib.contextmanager
+def unknown_option_errors(name: str, kwargs: dict):
+    """A `model.backbone.<key>` the chosen network does not take (e.g. small_cnn's `widths` left in a preset
+    after switching to resnet18): a ConfigError naming it, instead of the constructor's TypeError."""
+    try:
+        yield
+    except TypeError as err:
+        bad = [key for key in kwargs if f"'{key}'" in str(err)]
+        if not bad or "unexpected keyword argument" not in str(err):
+            raise
+        raise ConfigError(f"model.backbone.{bad[0]}={kwargs[bad[0]]!r} does not apply to model.backbone.name={name!r}; "
+                          f"remove it (~model.backbone.{bad[0]}) or choose a backbone that takes it") from err
 
 
 @contextlib.contextmanager
@@ -233,7 +255,8 @@ def create_backbone(
         weights = "lite"
     else:
         overlay = pretrained_overlay(pretrained_file)
-        with pretrained_file_errors(pretrained_file), hub_errors(name, pretrained, pretrained_file):
+        with pretrained_file_errors(pretrained_file), hub_errors(name, pretrained, pretrained_file), \
+                unknown_option_errors(name, kwargs):
             model = timm.create_model(
                 name,
                 pretrained=bool(pretrained or pretrained_file),
