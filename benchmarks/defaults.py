@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -171,7 +172,7 @@ def report(rows: list[dict]) -> str:
                          f"{cell(values['baseline'], scale)} | {len(arms['default'])} | "
                          f"{statistics.mean(seconds):.0f} |" if seconds else "")
     failed = [r for r in rows if r["returncode"] != 0]
-    commands = sorted({r["command"] for r in rows})
+    commands = sorted({re.sub(r"\bseed=\d+", "seed=S", r["command"]) for r in rows})
     lines += ["", "Commands (each with `seed=S`, S = the seeds counted):", "", *[f"    {c}" for c in commands]]
     if failed:
         lines += ["", "Failed runs:", "", *[f"- `{r['command']}`: {r.get('error', '')[-200:]!r}" for r in failed]]

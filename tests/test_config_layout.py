@@ -64,11 +64,12 @@ def test_optimizer_group_builds_each_optimizer(name, cls):
 
 
 def test_method_file_states_only_the_lr_it_needs_over_the_group():
-    cfg = compose("model=dann")
+    cfg = compose("model=dann")  # the domain-adaptation family's mu_0 over the adam group
+    assert (cfg.model.optimizer._target_, cfg.model.optimizer.lr) == ("torch.optim.Adam", 0.001)
+    assert "momentum" not in cfg.model.optimizer  # no SGD option left over to break Adam
+    cfg = compose("model=dann", "optimizer=sgd", "model.optimizer.lr=0.01")  # the paper's optimizer
     assert (cfg.model.optimizer._target_, cfg.model.optimizer.lr, cfg.model.optimizer.momentum) == (
         "torch.optim.SGD", 0.01, 0.9)
-    cfg = compose("model=dann", "optimizer=adam")
-    assert "momentum" not in cfg.model.optimizer  # no SGD option left over to break Adam
 
 
 def test_datamodule_options_live_under_data():

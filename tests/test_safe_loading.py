@@ -354,7 +354,7 @@ def test_preset_switching_sgd_to_adam_with_null_options_builds_adam(tmp_path):
 
     from lightning_modules.base import optimizer_factory
 
-    cfg = compose("model=dann", "model.optimizer.momentum=null", "model.optimizer._target_=torch.optim.Adam",
+    cfg = compose("model=dann", "optimizer=sgd", "model.optimizer.momentum=null", "model.optimizer._target_=torch.optim.Adam",
                   "~model.optimizer.nesterov", run_dir=tmp_path)
     spec = OmegaConf.to_container(cfg.model.optimizer, resolve=True)
     assert "momentum" in spec and spec["momentum"] is None
