@@ -72,6 +72,16 @@ def test_method_file_states_only_the_lr_it_needs_over_the_group():
         "torch.optim.SGD", 0.01, 0.9)
 
 
+def test_the_self_supervised_default_encoder_is_the_narrow_cnn_and_a_foreign_backbone_option_is_named():
+    from lightning_modules.components.backbones import create_backbone
+
+    assert compose("model=simclr").model.backbone.name == "small_cnn_narrow"
+    assert create_backbone("small_cnn_narrow", in_chans=3).num_features == 64  # 16-32-64 channels
+    # a preset's small_cnn `widths` left behind after switching the network: named, not a TypeError
+    with pytest.raises(ConfigError, match=r"model.backbone.widths=\[16, 32, 64\] does not apply to .*resnet18_cifar"):
+        create_backbone("resnet18_cifar", in_chans=1, widths=[16, 32, 64])
+
+
 def test_datamodule_options_live_under_data():
     cfg = compose("model=pseudolabel", "data=digits", "data.num_labels=1000", "data.unlabeled_batch_size=64")
     options = datamodule_options(cfg)
