@@ -31,6 +31,7 @@ def test_a_method_delta_applies_only_to_its_method_and_protocol():
     dan = compose("experiment=digits_digits_m", "model=dan")
     assert dan.model.normalize is True and dan.model.trade_off == 100.0
     assert compose("experiment=mnist_usps", "model=dan").model.normalize is False
+    assert compose("model=dan").model.normalize is True  # the default the mnist_usps delta undoes
     moco = compose("experiment=ssl_digits_m", "model=moco")
     assert (moco.model.queue_size, moco.trainer.max_epochs) == (512, 400)
     assert compose("experiment=ssl_digits_m", "model=simclr").trainer.max_epochs == 200
