@@ -11,7 +11,8 @@ user types (printed in the table). Baselines, same data and budget:
   semi-supervised  supervised-only on the same labels (`model.alpha_f=0`): test/acc
   domain adapt.    source-only (`model=source_only`): test/target_acc
   clustering       k-means (k = the classes) on the raw pixels of the same test split, in this process: test/nmi, test/ari
-  generation       no baseline run: test/fid beside test/class_frac_min (target: every class >= 5%)
+  generation       no baseline run: test/fid beside the FID of Gaussian noise (test/fid_noise, same run) and
+                   test/class_frac_min (target: every class >= 5%)
 Targets (issue 18): SSL kNN >= random init + 15; Pseudo-Label above supervised-only with train/alpha > 0;
 DDPM every class >= 5%; every DA method >= source-only.
 Rows accumulate in benchmarks/results/defaults.json; the table goes to benchmarks/results/defaults.md.
@@ -57,7 +58,7 @@ FAMILY = {
     "semi_supervised": (["pseudolabel"], ["model.alpha_f=0"], ["test/acc", "train/alpha"]),
     "domain_adaptation": (["dann", "adda", "drcn", "dan", "coral"], ["model=source_only"], ["test/target_acc"]),
     "clustering": (["deepcluster"], [PIXELS], ["test/nmi", "test/ari"]),
-    "generation": (["ddpm"], None, ["test/fid", "test/class_frac_min"]),
+    "generation": (["ddpm"], None, ["test/fid", "test/fid_noise", "test/class_frac_min"]),  # fid_noise: the baseline
 }
 DATASETS = {"self_supervised": ["mnist_photo", "mnist"], "semi_supervised": ["mnist", "usps"],
             "domain_adaptation": ["mnist_to_photo", "usps_to_mnist"], "clustering": ["usps", "mnist_photo"],
@@ -163,7 +164,7 @@ def report(rows: list[dict]) -> str:
     for method, dataset in keys:
         fam = family_of(method)
         for metric in FAMILY[fam][2]:
-            scale = 1 if metric in ("test/fid", "train/alpha") else 100
+            scale = 1 if metric in ("test/fid", "test/fid_noise", "train/alpha") else 100
             arms = {arm: [r for r in rows if (r["method"], r["dataset"], r["arm"]) == (method, dataset, arm)]
                     for arm in ("default", "baseline")}
             values = {arm: [r.get("metrics", {}).get(metric) for r in rs] for arm, rs in arms.items()}
