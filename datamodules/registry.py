@@ -11,6 +11,7 @@ Add a dataset with `@register_dataset("name")` (see README, "Adding a dataset").
 from __future__ import annotations
 
 import inspect
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -212,7 +213,7 @@ def _npz_arrays(path) -> tuple[np.ndarray, np.ndarray]:
                 raise DataFormatError(f"npz file {path} lacks arrays {sorted(missing)}; it has {sorted(z.files)} "
                                       f"(write it with np.savez(path, images=..., labels=...))")
             images, labels = z["images"], z["labels"]
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # BadZipFile: a truncated archive
         if isinstance(err, DataFormatError):
             raise
         raise DataFormatError(f"npz file {path} is not a readable .npz archive ({type(err).__name__}: {err}); "

@@ -111,6 +111,12 @@ def _zero_byte(tmp):
     return ["data=npz", f"data.dataset.path={tmp / 'zero.npz'}"]
 
 
+def _truncated(tmp):
+    whole = npz(tmp / "whole.npz", digits_like(), THREE)
+    (tmp / "cut.npz").write_bytes(whole.read_bytes()[:3000])  # a copy interrupted part-way
+    return ["data=npz", f"data.dataset.path={tmp / 'cut.npz'}"]
+
+
 def _no_arrays(tmp):
     np.savez(tmp / "none.npz", pixels=np.zeros(3))
     return ["data=npz", f"data.dataset.path={tmp / 'none.npz'}"]
@@ -143,6 +149,7 @@ CASES = {
     "npz with no images": (
         _npz_case(np.zeros((0, 8, 8), np.uint8), np.zeros(0, np.int64)), ["0 images", "data.npz"]),
     "npz zero-byte file": (_zero_byte, ["zero.npz", "not a readable .npz", "np.savez"]),
+    "npz truncated archive (a bare BadZipFile)": (_truncated, ["cut.npz", "not a readable .npz", "BadZipFile"]),
     "npz without images/labels arrays": (_no_arrays, ["lacks arrays", "'images'", "'labels'", "pixels"]),
     "image folder with mixed sizes": (
         # small_cnn takes any size, so the folder's own sizes are kept (LeNet would resize to 28)
