@@ -21,6 +21,7 @@ from datamodules.errors import ConfigError
 
 from .base import optimizer_factory
 from .components.domain import domain_classifier
+from .components.param_groups import backbone_and_rest_groups
 from .domain_adaptation import DomainAdaptation
 
 
@@ -46,8 +47,12 @@ class ADDA(DomainAdaptation):
         return encoder(x)
 
     def configure_optimizers(self):
-        source = self.optimizer_factory(params=[*self.backbone.parameters(), *self.classifier.parameters()])
-        target = self.adversarial_optimizer(params=self.target_encoder.parameters())
+        # a pretrained encoder trains at backbone_lr_mult x lr in both phases (M_s, then M_t initialised from it)
+        source_model = nn.ModuleList([self.backbone, self.classifier])
+        source = self.optimizer_factory(params=backbone_and_rest_groups(
+            source_model, self.backbone, self.optimizer_factory, self.backbone_lr_mult))
+        target = self.adversarial_optimizer(params=backbone_and_rest_groups(
+            self.target_encoder, self.target_encoder, self.adversarial_optimizer, self.backbone_lr_mult))
         disc = self.adversarial_optimizer(params=self.discriminator.parameters())
         return [source, target, disc]
 

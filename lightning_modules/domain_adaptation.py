@@ -51,6 +51,7 @@ from .base import BaseMethod
 from .components.backbones import create_backbone
 from .components.distributed import gather_rows
 from .components.modes import dropout_off, eval_mode
+from .components.param_groups import backbone_and_rest_groups, backbone_lr_multiplier
 from .components.schedules import adaptation_weight
 from .evaluation.validators import VALIDATORS, validator_scores
 
@@ -87,9 +88,10 @@ class DomainAdaptation(BaseMethod):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  scheduler_interval: str = "step", select: str = "best", validator: str = "im",
                  upper_bound: bool = True, tsne: bool = True, tsne_points: int = 300, open_set: bool = False,
-                 unknown_threshold: float = 0.5):
+                 unknown_threshold: float = 0.5, backbone_lr_mult: float | None = None):
         super().__init__(optimizer, scheduler, scheduler_interval)
         self.save_hyperparameters(logger=False)
+        self.backbone_lr_mult = backbone_lr_multiplier(backbone_lr_mult, backbone)
         if select not in SELECT_CHOICES:
             raise ConfigError(f"model.select={select!r} is not a choice; choices: {list(SELECT_CHOICES)}")
         if validator not in VALIDATORS:
@@ -115,6 +117,11 @@ class DomainAdaptation(BaseMethod):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(x))
+
+    def parameter_groups(self):
+        """A pretrained backbone trains at `backbone_lr_mult` x lr, the new parts (classifier, domain
+        classifier, decoder) at lr, as in Transfer-Learning-Library's Office-31 recipes (0.1x)."""
+        return backbone_and_rest_groups(self, self.backbone, self.optimizer_factory, self.backbone_lr_mult)
 
     def features(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         """Features the classifier sees for images of `domain` (ADDA: a separate target encoder)."""

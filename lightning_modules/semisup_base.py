@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.errors import ConfigError
 
 from .base import BaseMethod, ClassificationMetrics
 from .components.backbones import create_backbone
-from .components.param_groups import head_and_backbone_groups, starts_pretrained
+from .components.param_groups import backbone_lr_multiplier, head_and_backbone_groups
 
 
 class SemiSupervisedMethod(BaseMethod):
@@ -39,12 +38,7 @@ class SemiSupervisedMethod(BaseMethod):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  scheduler_interval: str = "epoch", backbone_lr_mult: float | None = None):
         super().__init__(optimizer, scheduler, scheduler_interval)
-        if backbone_lr_mult is None:
-            backbone_lr_mult = 0.1 if starts_pretrained(backbone) else 1.0
-        if not backbone_lr_mult > 0:
-            raise ConfigError(f"model.backbone_lr_mult={backbone_lr_mult} must be > 0 (null: 0.1 for a pretrained "
-                              f"backbone, 1 from scratch)")
-        self.backbone_lr_mult = float(backbone_lr_mult)
+        self.backbone_lr_mult = backbone_lr_multiplier(backbone_lr_mult, backbone)
         self.backbone = create_backbone(in_chans=in_chans, **backbone)
         self.classifier = nn.Linear(self.backbone.num_features, num_classes)
         self.metrics = ClassificationMetrics(num_classes)

@@ -186,3 +186,49 @@ def test_drcn_denoise_reconstructs_the_clean_image_from_an_impulse_corrupted_inp
     assert (seen[0] != x).any()  # the encoder saw the corrupted copy ...
     expected = torch.nn.functional.mse_loss(model.decoder(torch.zeros(8, model.backbone.num_features)), x)
     assert model.reconstruction_loss(x).item() == pytest.approx(expected.item(), rel=1e-5)  # ... the clean x is the target
+
+
+# ---- a pretrained backbone adapts at backbone_lr_mult x lr ----------------------------------------------
+
+def _lrs_by_part(optimizer, model) -> dict[str, set]:
+    """The learning rates each top-level part of `model` gets in `optimizer` (parts it does not train: absent)."""
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    parts: dict[str, set] = {}
+    for name, p in model.named_parameters():
+        if id(p) in lr_of:
+            parts.setdefault(name.split(".")[0], set()).add(round(lr_of[id(p)], 12))
+    return parts
+
+
+def test_da_backbone_lr_mult_defaults_to_a_tenth_for_pretrained_weights_and_one_from_scratch():
+    from lightning_modules.components.param_groups import backbone_lr_multiplier
+
+    assert backbone_lr_multiplier(None, {"name": "resnet18", "pretrained": True}) == 0.1
+    assert backbone_lr_multiplier(None, {"name": "lenet", "checkpoint": "encoder.pt"}) == 0.1
+    assert backbone_lr_multiplier(None, BACKBONE) == 1.0
+    assert backbone_lr_multiplier(0.5, BACKBONE) == 0.5
+    with pytest.raises(ConfigError, match="model.backbone_lr_mult=0"):
+        backbone_lr_multiplier(0, BACKBONE)
+
+
+def test_dann_and_adda_train_the_backbone_at_backbone_lr_mult_and_the_new_parts_at_lr():
+    from functools import partial
+
+    from lightning_modules.adda import ADDA
+    from lightning_modules.dann import DANN
+
+    opt = partial(torch.optim.Adam, lr=1e-3)
+    dann = DANN(BACKBONE, 10, 1, opt, backbone_lr_mult=0.1)
+    assert _lrs_by_part(dann.configure_optimizers(), dann) == {
+        "backbone": {1e-4}, "classifier": {1e-3}, "domain_classifier": {1e-3}}
+    # from scratch (the default here): every parameter in one group at lr, as before the option existed
+    scratch = DANN(BACKBONE, 10, 1, opt)
+    groups = scratch.configure_optimizers().param_groups
+    assert len(groups) == 1 and len(groups[0]["params"]) == len(list(scratch.parameters()))
+
+    adda = ADDA(BACKBONE, 10, 1, opt, backbone_lr_mult=0.1, scheduler=None,
+                adversarial_optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-4})
+    source, target, disc = adda.configure_optimizers()
+    assert _lrs_by_part(source, adda) == {"backbone": {1e-4}, "classifier": {1e-3}}
+    assert _lrs_by_part(target, adda) == {"target_encoder": {2e-5}}
+    assert _lrs_by_part(disc, adda) == {"discriminator": {2e-4}}

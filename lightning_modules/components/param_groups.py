@@ -10,6 +10,8 @@ import inspect
 
 from torch import nn
 
+from datamodules.errors import ConfigError
+
 
 def base_learning_rate(optimizer_factory) -> float:
     """The `lr` of the optimizer partial, or the optimizer's default."""
@@ -27,6 +29,30 @@ def head_and_backbone_groups(head: nn.Module, backbone: nn.Module, optimizer_fac
     if trainable:
         groups.append({"params": trainable, "lr": lr * backbone_lr_mult})
     return groups
+
+
+def backbone_and_rest_groups(model: nn.Module, backbone: nn.Module, optimizer_factory,
+                             backbone_lr_mult: float) -> list[dict] | list[nn.Parameter]:
+    """The backbone's trainable parameters at lr x backbone_lr_mult, every other trainable parameter of
+    `model` (heads, domain classifiers, decoders) at lr; one plain list when the multiplier is 1."""
+    if backbone_lr_mult == 1.0:
+        return [p for p in model.parameters() if p.requires_grad]
+    lr = base_learning_rate(optimizer_factory)
+    in_backbone = {id(p) for p in backbone.parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_backbone]
+    tuned = [p for p in backbone.parameters() if p.requires_grad]
+    return [group for group in ({"params": rest, "lr": lr}, {"params": tuned, "lr": lr * backbone_lr_mult})
+            if group["params"]]
+
+
+def backbone_lr_multiplier(value: float | None, backbone: dict) -> float:
+    """`model.backbone_lr_mult`; null: 0.1 for a backbone that starts from pretrained weights, 1 from scratch."""
+    if value is None:
+        value = 0.1 if starts_pretrained(backbone) else 1.0
+    if not value > 0:
+        raise ConfigError(f"model.backbone_lr_mult={value} must be > 0 (null: 0.1 for a pretrained backbone, "
+                          f"1 from scratch)")
+    return float(value)
 
 
 def starts_pretrained(backbone: dict) -> bool:

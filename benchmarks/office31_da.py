@@ -1,0 +1,131 @@
+"""Domain adaptation on Office-31 with the ImageNet EfficientNet-Lite0 backbone, beside Transfer-Learning-Library.
+
+Every run: `python run.py model=<method> data=office31_<task> model.backbone.name=tf_efficientnet_lite0
+model.backbone.pretrained=true ...` with the method's defaults (the pretrained backbone trains at 0.1 x the
+learning rate, `model.backbone_lr_mult`), a CPU-sized budget (`--epochs` x `--steps-per-epoch` batches of
+`--batch-size` source and target photos) at `--image-size` px, the weights chosen without target labels
+(`model.select=best` by the `im` validator, the family default). The table sets each cell beside the
+ResNet-50 numbers of Transfer-Learning-Library's benchmark (224 px, 20 epochs x 1,000 iterations;
+docs/dalib/benchmarks/image_classification.rst, "Office-31 accuracy on ResNet-50").
+
+    python benchmarks/office31_da.py                                          # A->W and W->A, 3 seeds
+    python benchmarks/office31_da.py --tasks a_to_w --methods source_only dann --seeds 0
+
+Every run has its own dir under --runs-dir; finished runs are reused, so an interrupted invocation continues.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# the repository root instead of this folder, whose scripts would shadow stdlib modules
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+from benchmarks.run_many import ROOT, mean_sd, run_job  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "office31"
+TASKS = {"a_to_w": "A->W", "w_to_a": "W->A", "a_to_d": "A->D", "d_to_a": "D->A", "w_to_d": "W->D", "d_to_w": "D->W"}
+METHODS = ("source_only", "dann", "dan", "coral", "adda", "drcn", "cdan", "mcc")
+# Transfer-Learning-Library, ResNet-50 at 224 px (docs/dalib/benchmarks/image_classification.rst); CORAL and DRCN
+# are not in that table.
+TLLIB = {
+    "source_only": {"a_to_w": 75.8, "w_to_a": 63.8}, "dann": {"a_to_w": 91.4, "w_to_a": 70.4},
+    "adda": {"a_to_w": 91.2, "w_to_a": 71.2}, "dan": {"a_to_w": 84.2, "w_to_a": 65.2},
+    "cdan": {"a_to_w": 93.8, "w_to_a": 70.4}, "mcc": {"a_to_w": 94.1, "w_to_a": 74.2},
+}
+
+
+def job(method: str, task: str, seed: int, args) -> list[str]:
+    return [
+        f"model={method}", f"data=office31_{task}", f"data.source.root={args.data}",
+        f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
+        f"data.steps_per_epoch={args.steps_per_epoch}", f"data.num_workers={args.workers}",
+        "model.backbone.name=tf_efficientnet_lite0", "model.backbone.pretrained=true", "model.tsne=false",
+        f"trainer.max_epochs={args.epochs}", "callbacks.model_checkpoint=null", f"seed={seed}", *args.override,
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["a_to_w", "w_to_a"], choices=sorted(TASKS))
+    parser.add_argument("--methods", nargs="+", default=["source_only", "dann", "dan", "coral", "adda", "drcn"],
+                        choices=METHODS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--steps-per-epoch", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=32, help="source and target photos per step, each")
+    parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
+    parser.add_argument("--parallel", type=int, default=2, help="run.py processes at a time")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers per run")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "benchmarks" / "office31_da")
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/office31_da_<size>px.md")
+    args = parser.parse_args()
+    for domain in {TASKS[t][0] for t in args.tasks} | {TASKS[t][-1] for t in args.tasks}:
+        name = {"A": "amazon", "W": "webcam", "D": "dslr"}[domain]
+        if not (args.data / name).is_dir():
+            sys.exit(f"{args.data / name} is missing: these tasks need Office-31's {name} photos under --data")
+    started = time.time()
+    keys = [(m, t, s) for t in args.tasks for m in args.methods for s in args.seeds]
+    name = lambda m, t, s: f"{args.image_size}px/{t}/{m}/seed{s}"  # noqa: E731
+    with ThreadPoolExecutor(args.parallel) as pool:
+        futures = {key: pool.submit(run_job, job(*key, args), args.runs_dir / name(*key), args.threads) for key in keys}
+        results = {key: future.result() for key, future in futures.items()}
+    write_table(args, results, time.time() - started)
+
+
+def write_table(args, results: dict, wall: float) -> None:
+    out = args.out or ROOT / "benchmarks" / "results" / f"office31_da_{args.image_size}px.md"
+    walls = [r["wall_time_s"] for r in results.values()]
+    m = next(iter(results.values()))["machine"]
+    acc = {key: 100 * r["metrics"]["test/target_acc"] for key, r in results.items()}
+    lines = [
+        f"# Office-31 domain adaptation, ImageNet EfficientNet-Lite0, {args.image_size} px",
+        "",
+        f"Command: `python benchmarks/office31_da.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {m.get('cpus')} CPU cores, GPU {m.get('gpu')}, {platform.processor() or platform.machine()}; "
+        f"{args.threads} thread(s) per run, {args.parallel} runs at a time  ",
+        f"Date: {datetime.date.today().isoformat()}; wall time of this invocation {wall / 60:.1f} min; per run "
+        f"{min(walls) / 60:.1f}-{max(walls) / 60:.1f} min (finished runs are reused)  ",
+        f"Budget: {args.epochs} epochs x {args.steps_per_epoch} steps of {args.batch_size} source + {args.batch_size} "
+        f"target photos; each method's defaults (backbone at 0.1 x lr), weights selected by the `im` validator "
+        f"(no target label). Seeds {', '.join(map(str, args.seeds))}; target test accuracy in %, mean ± sd.",
+        "",
+        "| method | " + " | ".join(f"{TASKS[t]} (ours)" for t in args.tasks) + " | "
+        + " | ".join(f"{TASKS[t]} gain over source-only" for t in args.tasks) + " | "
+        + " | ".join(f"{TASKS[t]} TLlib ResNet-50 (gain)" for t in args.tasks) + " |",
+        "|---|" + "---|" * (3 * len(args.tasks)),
+    ]
+    for method in args.methods:
+        ours = [mean_sd([acc[(method, t, s)] for s in args.seeds], digits=1, each=True) for t in args.tasks]
+        gains = []
+        for t in args.tasks:
+            if "source_only" in args.methods and method != "source_only":
+                gain = statistics.mean(acc[(method, t, s)] - acc[("source_only", t, s)] for s in args.seeds)
+                gains.append(f"{gain:+.1f}")
+            else:
+                gains.append("")
+        tllib = []
+        for t in args.tasks:
+            theirs = TLLIB.get(method, {}).get(t)
+            base = TLLIB["source_only"].get(t)
+            tllib.append("" if theirs is None else f"{theirs:.1f}" + ("" if method == "source_only" else f" ({theirs - base:+.1f})"))
+        lines.append(f"| {method} | " + " | ".join(ours + gains + tllib) + " |")
+    runs = args.runs_dir.relative_to(ROOT) if args.runs_dir.is_relative_to(ROOT) else args.runs_dir
+    lines += ["", f"Per-run results: `{runs}/{args.image_size}px/<task>/<method>/seed<k>/results.json`.", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
