@@ -26,9 +26,8 @@ import datetime  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from benchmarks.run_many import ROOT, mean_sd, run_job  # noqa: E402
+from benchmarks.run_many import ROOT, mean_sd, run_jobs, write_report  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "office31"
 TASKS = {"a_to_w": "A->W", "w_to_a": "W->A", "a_to_d": "A->D", "d_to_a": "D->A", "w_to_d": "W->D", "d_to_w": "D->W"}
@@ -77,10 +76,8 @@ def main() -> None:
     started = time.time()
     keys = [(m, t, s) for t in args.tasks for m in args.methods for s in args.seeds]
     name = lambda m, t, s: f"{args.image_size}px/{t}/{m}/seed{s}"  # noqa: E731
-    with ThreadPoolExecutor(args.parallel) as pool:
-        futures = {key: pool.submit(run_job, job(*key, args), args.runs_dir / name(*key), args.threads) for key in keys}
-        results = {key: future.result() for key, future in futures.items()}
-    write_table(args, results, time.time() - started)
+    results = run_jobs({name(*key): job(*key, args) for key in keys}, args.runs_dir, args.parallel, args.threads)
+    write_table(args, {key: results[name(*key)] for key in keys}, time.time() - started)
 
 
 def write_table(args, results: dict, wall: float) -> None:
@@ -120,11 +117,7 @@ def write_table(args, results: dict, wall: float) -> None:
             base = TLLIB["source_only"].get(t)
             tllib.append("" if theirs is None else f"{theirs:.1f}" + ("" if method == "source_only" else f" ({theirs - base:+.1f})"))
         lines.append(f"| {method} | " + " | ".join(ours + gains + tllib) + " |")
-    runs = args.runs_dir.relative_to(ROOT) if args.runs_dir.is_relative_to(ROOT) else args.runs_dir
-    lines += ["", f"Per-run results: `{runs}/{args.image_size}px/<task>/<method>/seed<k>/results.json`.", ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(out, lines, args.runs_dir, f"{args.image_size}px/<task>/<method>/seed<k>/results.json")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,8 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from benchmarks.run_many import ROOT, mean_sd, run_job  # noqa: E402
+from benchmarks.run_many import ROOT, mean_sd, run_job, run_jobs, write_report  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "office31"
 STUDENTS = {
@@ -85,11 +84,9 @@ def main() -> None:
     teacher = run_job(teacher_job(args), teacher_dir, args.threads * args.parallel)
     keys = [(kind, seed) for kind in args.students for seed in args.seeds]
     name = lambda kind, seed: f"{args.image_size}px/{kind.strip('+ ').replace(' ', '_')}/seed{seed}"  # noqa: E731
-    with ThreadPoolExecutor(args.parallel) as pool:
-        futures = {(kind, seed): pool.submit(run_job, student_job(kind, teacher_dir, seed, args),
-                                             args.runs_dir / name(kind, seed), args.threads) for kind, seed in keys}
-        results = {key: future.result() for key, future in futures.items()}
-    write_table(args, teacher, results, time.time() - started)
+    jobs = {name(kind, seed): student_job(kind, teacher_dir, seed, args) for kind, seed in keys}
+    results = run_jobs(jobs, args.runs_dir, args.parallel, args.threads)
+    write_table(args, teacher, {key: results[name(*key)] for key in keys}, time.time() - started)
 
 
 def write_table(args, teacher: dict, results: dict, wall: float) -> None:
@@ -123,12 +120,8 @@ def write_table(args, teacher: dict, results: dict, wall: float) -> None:
         if "alone" in args.students and kind != "alone":
             gain = f"{sum(v - acc[('alone', s)] for v, s in zip(values, args.seeds)) / len(values):+.1f}"
         lines.append(f"| {kind} | {kinds[kind]} | {mean_sd(values, digits=1, each=True)} | {gain} |")
-    runs = args.runs_dir.relative_to(ROOT) if args.runs_dir.is_relative_to(ROOT) else args.runs_dir
-    lines += ["", f"Per-run results: `{runs}/{args.image_size}px/<student>/seed<k>/results.json`, teacher in "
-              f"`{runs}/{args.image_size}px/teacher`.", ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    size = f"{args.image_size}px"
+    write_report(out, lines, args.runs_dir, f"{size}/<student>/seed<k>/results.json` (the teacher: `{size}/teacher")
 
 
 if __name__ == "__main__":

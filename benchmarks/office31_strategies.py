@@ -26,9 +26,8 @@ import datetime  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from benchmarks.run_many import ROOT, mean_sd, run_job  # noqa: E402
+from benchmarks.run_many import ROOT, mean_sd, run_jobs, write_report  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "office31"
 STRATEGIES = ("scratch", "linear", "partial", "full")
@@ -90,10 +89,7 @@ def main() -> None:
 
     keys = [(d, s, b, seed) for d in args.domains for s in args.strategies for b in args.labels for seed in args.seeds]
     name = lambda d, s, b, seed: f"{args.image_size}px/{d}/{s}/{b}/seed{seed}"  # noqa: E731
-    jobs = {name(*key): job(*key, args) for key in keys}
-    with ThreadPoolExecutor(args.parallel) as pool:
-        futures = {n: pool.submit(run_job, o, args.runs_dir / n, args.threads) for n, o in jobs.items()}
-        results = {n: future.result() for n, future in futures.items()}
+    results = run_jobs({name(*key): job(*key, args) for key in keys}, args.runs_dir, args.parallel, args.threads)
     write_table(args, {key: results[name(*key)] for key in keys}, time.time() - started)
 
 
@@ -125,11 +121,7 @@ def write_table(args, results: dict, wall: float) -> None:
             cells = [mean_sd([results[(domain, s, b, seed)]["metrics"]["test/acc"] for seed in args.seeds],
                              scale=100, digits=1, each=True) for b in args.labels]
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    runs = args.runs_dir.relative_to(ROOT) if args.runs_dir.is_relative_to(ROOT) else args.runs_dir
-    lines += ["", f"Per-run results: `{runs}/{args.image_size}px/<domain>/<strategy>/<labels>/seed<k>/results.json`.", ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(out, lines, args.runs_dir, f"{args.image_size}px/<domain>/<strategy>/<labels>/seed<k>/results.json")
 
 
 if __name__ == "__main__":

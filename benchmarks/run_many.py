@@ -36,11 +36,21 @@ def run_job(overrides: list[str], run_dir: Path, threads: int = 1) -> dict:
     return results_of(run_dir)
 
 
-def run_jobs(jobs: dict[str, list[str]], out_root: Path, parallel: int = 2) -> dict[str, dict]:
+def run_jobs(jobs: dict[str, list[str]], out_root: Path, parallel: int = 2, threads: int = 1) -> dict[str, dict]:
     """`jobs`: name -> overrides. Returns name -> results.json of each run (run dir out_root/name)."""
     with ThreadPoolExecutor(parallel) as pool:
-        futures = {name: pool.submit(run_job, overrides, out_root / name) for name, overrides in jobs.items()}
+        futures = {name: pool.submit(run_job, overrides, out_root / name, threads) for name, overrides in jobs.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+def write_report(out: Path, lines: list[str], runs_dir: Path, layout: str) -> None:
+    """Write a benchmark's markdown report, ending with where its per-run results lie
+    (`runs_dir/layout`), and print it."""
+    runs = runs_dir.relative_to(ROOT) if runs_dir.is_relative_to(ROOT) else runs_dir
+    lines = [*lines, "", f"Per-run results: `{runs}/{layout}`.", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 def mean_sd(values: list[float], scale: float = 1.0, digits: int = 3, each: bool = False) -> str:
