@@ -41,6 +41,14 @@ TLLIB = {
 }
 
 
+def published(method: str, task: str) -> str:
+    """TLlib's accuracy for the cell, with its gain over TLlib's source-only; empty where it has none."""
+    theirs = TLLIB.get(method, {}).get(task)
+    if theirs is None:
+        return ""
+    return f"{theirs:.1f}" if method == "source_only" else f"{theirs:.1f} ({theirs - TLLIB['source_only'][task]:+.1f})"
+
+
 def job(method: str, task: str, seed: int, args) -> list[str]:
     return [
         f"model={method}", f"data=office31_{task}", f"data.source.root={args.data}",
@@ -111,11 +119,7 @@ def write_table(args, results: dict, wall: float) -> None:
                 gains.append(f"{gain:+.1f}")
             else:
                 gains.append("")
-        tllib = []
-        for t in args.tasks:
-            theirs = TLLIB.get(method, {}).get(t)
-            base = TLLIB["source_only"].get(t)
-            tllib.append("" if theirs is None else f"{theirs:.1f}" + ("" if method == "source_only" else f" ({theirs - base:+.1f})"))
+        tllib = [published(method, t) for t in args.tasks]
         lines.append(f"| {method} | " + " | ".join(ours + gains + tllib) + " |")
     write_report(out, lines, args.runs_dir, f"{args.image_size}px/<task>/<method>/seed<k>/results.json")
 
