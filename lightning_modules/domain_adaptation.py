@@ -54,6 +54,7 @@ from .components.modes import dropout_off, eval_mode
 from .components.param_groups import backbone_and_rest_groups, backbone_lr_multiplier
 from .components.schedules import adaptation_weight
 from .evaluation.validators import VALIDATORS, validator_scores
+from .finetune import backbone_stages, frozen_norm_layers, stage_starts, train_last_stages
 
 SELECT_CHOICES = ("last", "best", "best_target_oracle")
 DOMAINS = ("target", "source")  # dataloader_idx 0 and 1 of the pair's val/test loaders
@@ -88,7 +89,8 @@ class DomainAdaptation(BaseMethod):
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, optimizer, scheduler=None,
                  scheduler_interval: str = "step", select: str = "best", validator: str = "im",
                  upper_bound: bool = True, tsne: bool = True, tsne_points: int = 300, open_set: bool = False,
-                 unknown_threshold: float = 0.5, backbone_lr_mult: float | None = None):
+                 unknown_threshold: float = 0.5, backbone_lr_mult: float | None = None,
+                 trainable_stages: int | None = None):
         super().__init__(optimizer, scheduler, scheduler_interval)
         self.save_hyperparameters(logger=False)
         self.backbone_lr_mult = backbone_lr_multiplier(backbone_lr_mult, backbone)
@@ -105,6 +107,7 @@ class DomainAdaptation(BaseMethod):
         self.open_set, self.unknown_threshold = bool(open_set), float(unknown_threshold)
         target_classes = num_classes + 1 if self.open_set else num_classes  # open set: label K = unknown
         self.backbone = create_backbone(in_chans=in_chans, **backbone)
+        self.trainable_stages = self._freeze_early_stages(trainable_stages)
         self.classifier = nn.Linear(self.backbone.num_features, num_classes)
         self.eval_acc = nn.ModuleDict({f"{stage}_{dom}": MulticlassAccuracy(
             target_classes if dom == "target" else num_classes, average="micro") for stage in ("val", "test") for dom in DOMAINS})
@@ -117,6 +120,27 @@ class DomainAdaptation(BaseMethod):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.backbone(x))
+
+    def _freeze_early_stages(self, trainable_stages: int | None) -> int | None:
+        """`trainable_stages=N`: only the backbone's last N stages train (the cost of a pretrained backbone's
+        backward pass on a CPU); null: all of it."""
+        if trainable_stages is None:
+            return None
+        stages = backbone_stages(self.backbone)
+        if not 1 <= int(trainable_stages) <= len(stages):
+            raise ConfigError(f"model.trainable_stages={trainable_stages} must lie in [1, {len(stages)}] or be null "
+                              f"(the whole backbone): {self.backbone.backbone_spec['name']} has {len(stages)} stages "
+                              f"starting at {stage_starts(stages)}")
+        train_last_stages(self.backbone, stages, int(trainable_stages))
+        return int(trainable_stages)
+
+    def train(self, mode: bool = True):
+        """Frozen backbone stages keep their BatchNorm statistics (eval mode) while the rest trains."""
+        super().train(mode)
+        if getattr(self, "trainable_stages", None) is not None:
+            for layer in frozen_norm_layers(self):
+                layer.eval()
+        return self
 
     def parameter_groups(self):
         """A pretrained backbone trains at `backbone_lr_mult` x lr, the new parts (classifier, domain

@@ -75,7 +75,20 @@ def stage_output_modules(backbone: nn.Module) -> list[str]:
 def frozen_norm_layers(module: nn.Module) -> list[nn.Module]:
     """BatchNorm layers whose parameters are all frozen: their running statistics must stay too."""
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and any(True for _ in m.parameters(recurse=False))
             and not any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def train_last_stages(backbone: nn.Module, stages: list[list[str]], n: int) -> None:
+    """Freeze every backbone parameter outside its last `n` stages (`backbone_stages`)."""
+    trainable = {name for names in stages[len(stages) - n:] for name in names}
+    for name, param in backbone.named_parameters():
+        param.requires_grad_(name in trainable)
+
+
+def stage_starts(stages: list[list[str]]) -> list[str]:
+    """The first module of each stage, for messages."""
+    return [names[0].rsplit(".", 1)[0] for names in stages]
 
 
 class Finetune(Supervised):
@@ -97,9 +110,7 @@ class Finetune(Supervised):
         self.cached_splits = CachedSplits()  # train and val as features, while the head trains (linear)
         self.stages = backbone_stages(self.backbone)
         self.trainable_stages = self._check_trainable_stages(trainable_stages)
-        trainable = {name for names in self.stages[len(self.stages) - self.trainable_stages:] for name in names}
-        for name, param in self.backbone.named_parameters():
-            param.requires_grad_(name in trainable)
+        train_last_stages(self.backbone, self.stages, self.trainable_stages)
         self.frozen_norms = frozen_norm_layers(self.backbone)
         self.train()  # modules start in train mode; put the frozen ones in eval mode now
 
@@ -110,10 +121,9 @@ class Finetune(Supervised):
         if self.strategy == "full":
             return n
         if not 1 <= int(trainable_stages) <= n:
-            first = [names[0].rsplit(".", 1)[0] for names in self.stages]
             raise ConfigError(
                 f"model.trainable_stages={trainable_stages} must lie in [1, {n}] for model.strategy=partial: "
-                f"backbone {self.backbone.backbone_spec['name']} has {n} stages starting at {first} "
+                f"backbone {self.backbone.backbone_spec['name']} has {n} stages starting at {stage_starts(self.stages)} "
                 f"(use model.strategy=linear for 0 and model.strategy=full for all)"
             )
         return int(trainable_stages)

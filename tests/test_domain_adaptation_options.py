@@ -232,3 +232,33 @@ def test_dann_and_adda_train_the_backbone_at_backbone_lr_mult_and_the_new_parts_
     assert _lrs_by_part(source, adda) == {"backbone": {1e-4}, "classifier": {1e-3}}
     assert _lrs_by_part(target, adda) == {"target_encoder": {2e-5}}
     assert _lrs_by_part(disc, adda) == {"discriminator": {2e-4}}
+
+
+def test_da_trainable_stages_freezes_the_early_stages_and_their_batchnorm():
+    from functools import partial
+
+    from lightning_modules.adda import ADDA
+    from lightning_modules.dann import DANN
+    from lightning_modules.finetune import backbone_stages
+
+    opt = partial(torch.optim.Adam, lr=1e-3)
+    model = DANN({"name": "small_cnn"}, 10, 3, opt, trainable_stages=1)
+    stages = backbone_stages(model.backbone)
+    last = set(stages[-1])
+    for name, p in model.backbone.named_parameters():
+        assert p.requires_grad == (name in last), name
+    trained = {id(p) for p in model.configure_optimizers().param_groups[0]["params"]}
+    assert not any(id(p) in trained for n, p in model.backbone.named_parameters() if n not in last)
+    assert all(p.requires_grad for p in model.domain_classifier.parameters())
+    model.train()
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    frozen = [m for m in norms if not m.weight.requires_grad]
+    assert frozen and all(not m.training for m in frozen) and all(m.training for m in norms if m.weight.requires_grad)
+    before = [m.running_mean.clone() for m in frozen]
+    model.backbone(torch.randn(4, 3, 32, 32))  # a training-mode forward
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, frozen))
+    # ADDA's target encoder starts as a copy: the same stages frozen
+    adda = ADDA({"name": "small_cnn"}, 10, 3, opt, trainable_stages=1, scheduler=None)
+    assert [p.requires_grad for p in adda.target_encoder.parameters()] == [p.requires_grad for p in adda.backbone.parameters()]
+    with pytest.raises(ConfigError, match=rf"model.trainable_stages=9 must lie in \[1, {len(stages)}\]"):
+        DANN({"name": "small_cnn"}, 10, 3, opt, trainable_stages=9)
