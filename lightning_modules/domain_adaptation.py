@@ -123,12 +123,12 @@ class DomainAdaptation(BaseMethod):
 
     def _freeze_early_stages(self, trainable_stages: int | None) -> int | None:
         """`trainable_stages=N`: only the backbone's last N stages train (the cost of a pretrained backbone's
-        backward pass on a CPU); null: all of it."""
+        backward pass on a CPU); 0: the backbone is a fixed feature extractor; null: all of it trains."""
         if trainable_stages is None:
             return None
         stages = backbone_stages(self.backbone)
-        if not 1 <= int(trainable_stages) <= len(stages):
-            raise ConfigError(f"model.trainable_stages={trainable_stages} must lie in [1, {len(stages)}] or be null "
+        if not 0 <= int(trainable_stages) <= len(stages):
+            raise ConfigError(f"model.trainable_stages={trainable_stages} must lie in [0, {len(stages)}] or be null "
                               f"(the whole backbone): {self.backbone.backbone_spec['name']} has {len(stages)} stages "
                               f"starting at {stage_starts(stages)}")
         train_last_stages(self.backbone, stages, int(trainable_stages))

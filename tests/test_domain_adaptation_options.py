@@ -260,5 +260,8 @@ def test_da_trainable_stages_freezes_the_early_stages_and_their_batchnorm():
     # ADDA's target encoder starts as a copy: the same stages frozen
     adda = ADDA({"name": "small_cnn"}, 10, 3, opt, trainable_stages=1, scheduler=None)
     assert [p.requires_grad for p in adda.target_encoder.parameters()] == [p.requires_grad for p in adda.backbone.parameters()]
-    with pytest.raises(ConfigError, match=rf"model.trainable_stages=9 must lie in \[1, {len(stages)}\]"):
+    fixed = DANN({"name": "small_cnn"}, 10, 3, opt, trainable_stages=0)  # a fixed feature extractor
+    assert not any(p.requires_grad for p in fixed.backbone.parameters())
+    assert all(not m.training for m in fixed.train().backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with pytest.raises(ConfigError, match=rf"model.trainable_stages=9 must lie in \[0, {len(stages)}\]"):
         DANN({"name": "small_cnn"}, 10, 3, opt, trainable_stages=9)
