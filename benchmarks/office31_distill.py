@@ -121,7 +121,7 @@ def write_table(args, teacher: dict, results: dict, wall: float) -> None:
             gain = f"{sum(v - acc[('alone', s)] for v, s in zip(values, args.seeds)) / len(values):+.1f}"
         lines.append(f"| {kind} | {kinds[kind]} | {mean_sd(values, digits=1, each=True)} | {gain} |")
     size = f"{args.image_size}px"
-    write_report(out, lines, args.runs_dir, f"{size}/<student>/seed<k>/results.json` (the teacher: `{size}/teacher")
+    write_report(out, lines, args.runs_dir, f"{size}/<student>/seed<k>/results.json`, the teacher's in `{size}/teacher")
 
 
 if __name__ == "__main__":
