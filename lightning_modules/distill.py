@@ -34,7 +34,7 @@ from .components.distillation import hint_loss, kd_loss, rkd_angle_loss, rkd_dis
 from .components.encoder_io import load_classifier, pretrained_file_errors, pretrained_overlay
 from .components.modes import eval_mode
 from .components.pretrained import attach_input_norm, normalization_for
-from .finetune import stage_output_modules
+from .components.stages import stage_output_modules
 from .supervised import Supervised
 
 

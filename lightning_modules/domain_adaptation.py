@@ -53,8 +53,8 @@ from .components.distributed import gather_rows
 from .components.modes import dropout_off, eval_mode
 from .components.param_groups import backbone_and_rest_groups, backbone_lr_multiplier
 from .components.schedules import adaptation_weight
+from .components.stages import backbone_stages, frozen_norm_layers, stage_starts, train_last_stages
 from .evaluation.validators import VALIDATORS, validator_scores
-from .finetune import backbone_stages, frozen_norm_layers, stage_starts, train_last_stages
 
 SELECT_CHOICES = ("last", "best", "best_target_oracle")
 DOMAINS = ("target", "source")  # dataloader_idx 0 and 1 of the pair's val/test loaders

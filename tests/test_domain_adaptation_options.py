@@ -239,7 +239,7 @@ def test_da_trainable_stages_freezes_the_early_stages_and_their_batchnorm():
 
     from lightning_modules.adda import ADDA
     from lightning_modules.dann import DANN
-    from lightning_modules.finetune import backbone_stages
+    from lightning_modules.components.stages import backbone_stages
 
     opt = partial(torch.optim.Adam, lr=1e-3)
     model = DANN({"name": "small_cnn"}, 10, 3, opt, trainable_stages=1)

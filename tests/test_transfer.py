@@ -18,7 +18,8 @@ from lightning_modules.components.distillation import (angle_potential, hint_los
                                                        rkd_distance_loss, soft_target_kl)
 from lightning_modules.components.encoder_io import read_checkpoint
 from lightning_modules.distill import Distill
-from lightning_modules.finetune import Finetune, backbone_stages, stage_output_modules
+from lightning_modules.components.stages import backbone_stages, stage_output_modules
+from lightning_modules.finetune import Finetune
 from tests.conftest import read_results, run_cli
 
 ADAM = functools.partial(torch.optim.Adam, lr=1e-2)
