@@ -20,8 +20,10 @@ from torch import nn
 from datamodules.errors import ConfigError
 
 from .base import optimizer_factory
+from .components.bottleneck import pretrained_part
 from .components.domain import domain_classifier
 from .components.param_groups import backbone_and_rest_groups
+from .components.stages import hold_frozen_parts_in_eval
 from .domain_adaptation import DomainAdaptation
 
 
@@ -50,9 +52,10 @@ class ADDA(DomainAdaptation):
         # a pretrained encoder trains at backbone_lr_mult x lr in both phases (M_s, then M_t initialised from it)
         source_model = nn.ModuleList([self.backbone, self.classifier])
         source = self.optimizer_factory(params=backbone_and_rest_groups(
-            source_model, self.backbone, self.optimizer_factory, self.backbone_lr_mult))
+            source_model, pretrained_part(self.backbone), self.optimizer_factory, self.backbone_lr_mult))
         target = self.adversarial_optimizer(params=backbone_and_rest_groups(
-            self.target_encoder, self.target_encoder, self.adversarial_optimizer, self.backbone_lr_mult))
+            self.target_encoder, pretrained_part(self.target_encoder), self.adversarial_optimizer,
+            self.backbone_lr_mult))
         disc = self.adversarial_optimizer(params=self.discriminator.parameters())
         return [source, target, disc]
 
@@ -62,7 +65,7 @@ class ADDA(DomainAdaptation):
                               "2 in phase 2): set trainer.max_epochs and data.steps_per_epoch, not trainer.max_steps")
 
     def on_fit_start(self) -> None:
-        pass  # the "before" plot is drawn when adaptation starts: the source encoder on both domains
+        self.cache_trunk_features()  # the "before" plot is drawn when adaptation starts: the source encoder on both domains
 
     def start_adaptation(self) -> None:
         """Phase 2 begins: M_t <- M_s (Sec. 4, 'we initialise the target model with the source')."""
@@ -90,6 +93,7 @@ class ADDA(DomainAdaptation):
         for m in self.target_encoder.modules():
             if isinstance(m, (nn.Dropout, nn.Dropout2d)):
                 m.eval()
+        hold_frozen_parts_in_eval(self.target_encoder)  # model.trainable_stages: frozen stages keep their statistics
         with torch.no_grad():
             fs = self.backbone(xs)
         ft = self.target_encoder(xt)

@@ -36,6 +36,7 @@ Evaluation (test):
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +50,16 @@ from datamodules.splits import stratified_subset
 
 from .base import BaseMethod
 from .components.backbones import create_backbone
+from .components.bottleneck import BottleneckEncoder, pretrained_part
 from .components.distributed import gather_rows
+from .components.feature_cache import CachedSplits
 from .components.modes import dropout_off, eval_mode
 from .components.param_groups import backbone_and_rest_groups, backbone_lr_multiplier
 from .components.schedules import adaptation_weight
-from .components.stages import backbone_stages, frozen_norm_layers, stage_starts, train_last_stages
+from .components.stages import backbone_stages, hold_frozen_parts_in_eval, stage_starts, train_last_stages
 from .evaluation.validators import VALIDATORS, validator_scores
+
+log = logging.getLogger(__name__)
 
 SELECT_CHOICES = ("last", "best", "best_target_oracle")
 DOMAINS = ("target", "source")  # dataloader_idx 0 and 1 of the pair's val/test loaders
@@ -90,7 +95,8 @@ class DomainAdaptation(BaseMethod):
                  scheduler_interval: str = "step", select: str = "best", validator: str = "im",
                  upper_bound: bool = True, tsne: bool = True, tsne_points: int = 300, open_set: bool = False,
                  unknown_threshold: float = 0.5, backbone_lr_mult: float | None = None,
-                 trainable_stages: int | None = None):
+                 trainable_stages: int | None = None, bottleneck_dim: int | None = None,
+                 cache_features: bool = True):
         super().__init__(optimizer, scheduler, scheduler_interval)
         self.save_hyperparameters(logger=False)
         self.backbone_lr_mult = backbone_lr_multiplier(backbone_lr_mult, backbone)
@@ -107,7 +113,14 @@ class DomainAdaptation(BaseMethod):
         self.open_set, self.unknown_threshold = bool(open_set), float(unknown_threshold)
         target_classes = num_classes + 1 if self.open_set else num_classes  # open set: label K = unknown
         self.backbone = create_backbone(in_chans=in_chans, **backbone)
+        if bottleneck_dim is not None:
+            if isinstance(bottleneck_dim, bool) or int(bottleneck_dim) < 1:
+                raise ConfigError(f"model.bottleneck_dim={bottleneck_dim} must be a positive width (e.g. 256) or null")
+            self.backbone = BottleneckEncoder(self.backbone, int(bottleneck_dim))
         self.trainable_stages = self._freeze_early_stages(trainable_stages)
+        self.cache_features = bool(cache_features)
+        self.cached_splits = CachedSplits()  # both domains' splits as frozen-trunk features while fitting
+        self.train()  # modules start in train mode and Lightning keeps each one's mode: frozen parts to eval now
         self.classifier = nn.Linear(self.backbone.num_features, num_classes)
         self.eval_acc = nn.ModuleDict({f"{stage}_{dom}": MulticlassAccuracy(
             target_classes if dom == "target" else num_classes, average="micro") for stage in ("val", "test") for dom in DOMAINS})
@@ -135,17 +148,18 @@ class DomainAdaptation(BaseMethod):
         return int(trainable_stages)
 
     def train(self, mode: bool = True):
-        """Frozen backbone stages keep their BatchNorm statistics (eval mode) while the rest trains."""
+        """Frozen backbone stages keep their BatchNorm statistics (eval mode) while the rest trains; a frozen
+        trunk under a bottleneck stays in eval mode altogether (dropout too: what its cached features saw)."""
         super().train(mode)
         if getattr(self, "trainable_stages", None) is not None:
-            for layer in frozen_norm_layers(self):
-                layer.eval()
+            hold_frozen_parts_in_eval(self)
         return self
 
     def parameter_groups(self):
         """A pretrained backbone trains at `backbone_lr_mult` x lr, the new parts (classifier, domain
         classifier, decoder) at lr, as in Transfer-Learning-Library's Office-31 recipes (0.1x)."""
-        return backbone_and_rest_groups(self, self.backbone, self.optimizer_factory, self.backbone_lr_mult)
+        return backbone_and_rest_groups(self, pretrained_part(self.backbone), self.optimizer_factory,
+                                        self.backbone_lr_mult)
 
     def features(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         """Features the classifier sees for images of `domain` (ADDA: a separate target encoder)."""
@@ -271,6 +285,7 @@ class DomainAdaptation(BaseMethod):
             # drawn now, in the background, so that the map overlaps the test phase
             self.plot_features("after")
             self._after_plotted = True
+        self.cached_splits.restore(self.trainer.datamodule)  # the test phase reads the images
 
     # ----------------------------------------------------------------------------------------
     # test
@@ -281,8 +296,41 @@ class DomainAdaptation(BaseMethod):
             raise ConfigError(f"data.target_labels_per_class is used by model=source_only (the S+T baseline) and "
                               f"model=mme; {type(self).__name__} would ignore the labeled target images")
         self._after_plotted = False
+        self.cache_trunk_features()
         if self.tsne and self.trainer.is_global_zero:
             self.plot_features("before")
+
+    caches_trunk_features = True  # False for a method that trains on the images themselves (DRCN)
+
+    def cache_trunk_features(self) -> None:
+        """With a frozen trunk under a bottleneck (`model.bottleneck_dim=D model.trainable_stages=1`), both domains'
+        train / val / test splits are served as the trunk's features, computed once, while fitting; the test
+        phase reads the images again. Exact: the frozen trunk is in eval mode, and no training image is augmented."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not (self.cache_features and isinstance(self.backbone, BottleneckEncoder) and self.backbone.trunk_frozen):
+            return
+        from datamodules.pair import PairDataModule
+
+        reason = None
+        if not self.caches_trunk_features:
+            reason = f"{type(self).__name__} trains on the images themselves"
+        elif not isinstance(datamodule, PairDataModule):
+            reason = "the data is not a source / target pair"
+        elif datamodule.train_augment is not None:
+            reason = "the training images are augmented (each epoch differs)"
+        elif datamodule.target_labeled is not None:
+            reason = "labeled target images are read beside the pair"
+        if reason:
+            log.info("model.cache_features: off, %s", reason)
+            return
+        with eval_mode(self.backbone.trunk):
+            for domain in ("source", "target"):
+                self.cached_splits.swap(datamodule, ("train", "val", "test"), self.backbone.trunk, self.device,
+                                        self.use_channels_last, domain=domain)
+        self.train(self.training)  # eval_mode put the trunk back in the mode it found; re-apply the frozen parts'
+        log.info("model.trainable_stages=1 under a bottleneck: the trunk is frozen, its features of %d source and %d "
+                 "target images are computed once", sum(len(datamodule.split(n, "source")) for n in ("train", "val", "test")),
+                 sum(len(datamodule.split(n, "target")) for n in ("train", "val", "test")))
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch

@@ -49,6 +49,7 @@ class Decoder(nn.Module):
 
 
 class DRCN(DomainAdaptation):
+    caches_trunk_features = False  # the decoder's target is the target image itself
     def __init__(self, backbone: dict, num_classes: int, in_chans: int, image_size: int, optimizer,
                  trade_off: float = 0.7, decoder_width: int = 64, schedule: str = "alternate",
                  denoise: float = 0.0, **common):

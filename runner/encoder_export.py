@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from lightning_modules.components.bottleneck import BottleneckEncoder
 from lightning_modules.components.encoder_io import save_encoder
 
 ENCODER_FILE = "encoder.pt"
@@ -16,5 +17,9 @@ def export_encoder(module: pl.LightningModule, data_info: dict, run_dir: Path) -
     if not hasattr(module, "backbone"):
         return None
     path = run_dir / ENCODER_FILE
+    if isinstance(module.backbone, BottleneckEncoder):
+        # the trunk is what a later run's `model.backbone.checkpoint` rebuilds; the classifier sees the bottleneck
+        save_encoder(module.backbone.trunk, path, data_info)
+        return path
     save_encoder(module.backbone, path, data_info, head=getattr(module, "classifier", None))
     return path

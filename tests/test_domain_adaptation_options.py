@@ -265,3 +265,81 @@ def test_da_trainable_stages_freezes_the_early_stages_and_their_batchnorm():
     assert all(not m.training for m in fixed.train().backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
     with pytest.raises(ConfigError, match=rf"model.trainable_stages=9 must lie in \[0, {len(stages)}\]"):
         DANN({"name": "small_cnn"}, 10, 3, opt, trainable_stages=9)
+
+
+# ---------------------------------------------------------------------------------------------
+# model.bottleneck_dim: a new fc-BN-ReLU layer ends the feature extractor; alone trained on a frozen trunk,
+# on the trunk's features computed once
+
+
+def test_bottleneck_is_the_last_stage_trains_at_lr_and_takes_cached_trunk_features():
+    from functools import partial
+
+    from lightning_modules.adda import ADDA
+    from lightning_modules.components.bottleneck import BottleneckEncoder
+    from lightning_modules.components.stages import backbone_stages
+    from lightning_modules.dann import DANN
+
+    opt = partial(torch.optim.Adam, lr=1e-3)
+    model = DANN({"name": "small_cnn"}, 10, 3, opt, bottleneck_dim=16, trainable_stages=1, backbone_lr_mult=0.1)
+    assert isinstance(model.backbone, BottleneckEncoder) and model.backbone.num_features == 16
+    assert model.classifier.in_features == 16 and model.domain_classifier[0].in_features == 16
+    assert backbone_stages(model.backbone)[-1] == ["bottleneck.0.weight", "bottleneck.0.bias",
+                                                   "bottleneck.1.weight", "bottleneck.1.bias"]
+    assert model.backbone.trunk_frozen and all(p.requires_grad for p in model.backbone.bottleneck.parameters())
+    # the bottleneck is new: it trains at lr, as the classifiers do (only a pretrained trunk gets the multiplier)
+    assert _lrs_by_part(model.configure_optimizers(), model) == {
+        "backbone": {1e-3}, "classifier": {1e-3}, "domain_classifier": {1e-3}}
+    model.train()
+    assert not model.backbone.trunk.training and all(not m.training for m in model.backbone.trunk.modules())
+    assert model.backbone.bottleneck.training
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.backbone(images), model.backbone(model.backbone.trunk(images)))
+    adda = ADDA({"name": "small_cnn"}, 10, 3, opt, bottleneck_dim=16, trainable_stages=1, scheduler=None)
+    assert isinstance(adda.target_encoder, BottleneckEncoder)  # M_t adapts its own copy of the bottleneck
+    with pytest.raises(ConfigError, match="model.bottleneck_dim=0 must be a positive width"):
+        DANN({"name": "small_cnn"}, 10, 3, opt, bottleneck_dim=0)
+
+
+def _fit_on_frozen_trunk(method: str, cache: bool):
+    import pytorch_lightning as pl
+    from functools import partial
+
+    from datamodules.pair import PairDataModule
+    from lightning_modules.adda import ADDA
+    from lightning_modules.dann import DANN
+
+    pl.seed_everything(0)
+    dm = PairDataModule({"name": "digits", "train_size": 64}, {"name": "digits_m", "train_size": 64}, channels=3,
+                        image_size=16, batch_size=16, steps_per_epoch=4, num_workers=0)
+    cls, extra = {"dann": (DANN, {}), "adda": (ADDA, {"scheduler": None})}[method]
+    module = cls({"name": "small_cnn"}, 10, 3, partial(torch.optim.Adam, lr=1e-2), bottleneck_dim=16,
+                 trainable_stages=1, cache_features=cache, tsne=False, **extra)
+    images_seen = []
+    for encoder in (module.backbone, getattr(module, "target_encoder", None)):  # ADDA: M_s and M_t
+        if encoder is not None:
+            encoder.trunk.register_forward_hook(lambda m, i, o: images_seen.append(len(o)))
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    splits = {(n, d): len(dm.split(n, d)) for n in ("train", "val", "test") for d in ("source", "target")}
+    return module, sum(images_seen), splits, dm
+
+
+@pytest.mark.parametrize("method", ["dann", "adda"])
+def test_adaptation_on_cached_trunk_features_equals_the_per_step_path(method):
+    cached, cached_images, splits, dm = _fit_on_frozen_trunk(method, cache=True)
+    stepped, stepped_images, _, _ = _fit_on_frozen_trunk(method, cache=False)
+    # each image of the six splits through the trunk once (the upper bound's test passes included), against
+    # every training batch and every evaluation in the per-step path
+    assert cached_images == sum(splits.values()) < stepped_images
+    assert not any(type(dm.split(n, d)).__name__ == "FeatureDataset" for n, d in splits)  # put back for the test
+    trained = dict(stepped.named_parameters())
+    moved = 0
+    for name, p in cached.named_parameters():
+        assert torch.allclose(p, trained[name], atol=1e-4), name
+        moved += p.requires_grad
+    assert moved and cached.selected_epoch == stepped.selected_epoch
+    assert [r["target_test_acc"] for r in cached.selection_history] == pytest.approx(
+        [r["target_test_acc"] for r in stepped.selection_history])

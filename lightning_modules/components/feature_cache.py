@@ -20,6 +20,10 @@ class FeatureDataset(Dataset):
     def __getitem__(self, i):
         return self.features[i], int(self.labels[i])
 
+    def subset(self, indices) -> "FeatureDataset":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return FeatureDataset(self.features[idx], self.labels[idx])
+
     def __getitems__(self, indices: list[int]) -> list:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return list(zip(self.features[idx].unbind(0), self.labels[idx].tolist()))
@@ -44,22 +48,22 @@ def compute_features(backbone: nn.Module, dataset, batch_size: int, device: torc
 
 
 class CachedSplits:
-    """A DataModule's splits served as their features computed once (`swap`), and put back (`restore`),
-    through the DataModule's split / replace_split contract."""
+    """A DataModule's splits (of one `domain` of a pair, or of the data) served as their features computed
+    once (`swap`), and put back (`restore`), through the DataModule's split / replace_split contract."""
 
     def __init__(self):
-        self.originals: dict[str, Dataset] = {}
+        self.originals: dict[tuple[str, str | None], Dataset] = {}
 
     def swap(self, datamodule, names: tuple[str, ...], encode, device: torch.device,
-             channels_last: bool = False) -> None:
+             channels_last: bool = False, domain: str | None = None) -> None:
         for name in names:
-            dataset = datamodule.split(name)
+            dataset = datamodule.split(name, domain)
             if dataset is None or isinstance(dataset, FeatureDataset):
                 continue
             features = compute_features(encode, dataset, datamodule.eval_batch_size, device, channels_last)
-            self.originals[name] = datamodule.replace_split(name, features)
+            self.originals[name, domain] = datamodule.replace_split(name, features, domain)
 
     def restore(self, datamodule) -> None:
-        for name, dataset in self.originals.items():
-            datamodule.replace_split(name, dataset)
+        for (name, domain), dataset in self.originals.items():
+            datamodule.replace_split(name, dataset, domain)
         self.originals = {}

@@ -3,16 +3,22 @@
 Stages are timm's coarse parameter groups (`model.group_matcher(coarse=True)`: the stem, then each stage /
 block, e.g. ResNet `conv1+bn1, layer1..layer4`; ours: `lenet` stages.0, stages.1, fc; `small_cnn`
 stages.0..2). A model without a group matcher falls back to its top-level children that hold parameters,
-in registration order.
+in registration order. A `BottleneckEncoder` (trunk + new bottleneck layer) has the trunk's stages, then
+the bottleneck as the last one.
 """
 from __future__ import annotations
 
 from timm.models import group_parameters
 from torch import nn
 
+from .bottleneck import BottleneckEncoder
+
 
 def backbone_stages(backbone: nn.Module) -> list[list[str]]:
     """Parameter names of the backbone, grouped into stages from input to output."""
+    if isinstance(backbone, BottleneckEncoder):
+        trunk = [[f"trunk.{name}" for name in names] for names in backbone_stages(backbone.trunk)]
+        return trunk + [[f"bottleneck.{name}" for name, _ in backbone.bottleneck.named_parameters()]]
     if hasattr(backbone, "group_matcher"):
         groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
         return [names for _, names in sorted(groups.items())]
@@ -48,6 +54,16 @@ def frozen_norm_layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
             and any(True for _ in m.parameters(recurse=False))
             and not any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def hold_frozen_parts_in_eval(module: nn.Module) -> None:
+    """After `module.train()`: frozen BatchNorm layers keep their statistics, and a frozen trunk under a
+    bottleneck stays in eval mode altogether (dropout too: what its cached features saw)."""
+    for layer in frozen_norm_layers(module):
+        layer.eval()
+    for encoder in module.modules():
+        if isinstance(encoder, BottleneckEncoder) and encoder.trunk_frozen:
+            encoder.trunk.eval()
 
 
 def train_last_stages(backbone: nn.Module, stages: list[list[str]], n: int) -> None:
