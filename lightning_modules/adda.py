@@ -65,7 +65,7 @@ class ADDA(DomainAdaptation):
                               "2 in phase 2): set trainer.max_epochs and data.steps_per_epoch, not trainer.max_steps")
 
     def on_fit_start(self) -> None:
-        self.cache_trunk_features()  # the "before" plot is drawn when adaptation starts: the source encoder on both domains
+        pass  # the "before" plot is drawn when adaptation starts: the source encoder on both domains
 
     def start_adaptation(self) -> None:
         """Phase 2 begins: M_t <- M_s (Sec. 4, 'we initialise the target model with the source')."""

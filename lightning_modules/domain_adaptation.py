@@ -52,7 +52,7 @@ from .base import BaseMethod
 from .components.backbones import create_backbone
 from .components.bottleneck import BottleneckEncoder, pretrained_part
 from .components.distributed import gather_rows
-from .components.feature_cache import CachedSplits
+from .components.feature_cache import CachedSplits, feature_store
 from .components.modes import dropout_off, eval_mode
 from .components.param_groups import backbone_and_rest_groups, backbone_lr_multiplier
 from .components.schedules import adaptation_weight
@@ -296,11 +296,15 @@ class DomainAdaptation(BaseMethod):
             raise ConfigError(f"data.target_labels_per_class is used by model=source_only (the S+T baseline) and "
                               f"model=mme; {type(self).__name__} would ignore the labeled target images")
         self._after_plotted = False
-        self.cache_trunk_features()
         if self.tsne and self.trainer.is_global_zero:
             self.plot_features("before")
 
     caches_trunk_features = True  # False for a method that trains on the images themselves (DRCN)
+
+    def setup(self, stage: str) -> None:
+        # before the optimizers: a progress-based schedule asks for the number of steps, which builds the loaders
+        if stage == "fit":
+            self.cache_trunk_features()
 
     def cache_trunk_features(self) -> None:
         """With a frozen trunk under a bottleneck (`model.bottleneck_dim=D model.trainable_stages=1`), both domains'
@@ -323,14 +327,15 @@ class DomainAdaptation(BaseMethod):
         if reason:
             log.info("model.cache_features: off, %s", reason)
             return
-        with eval_mode(self.backbone.trunk):
+        sizes = {d: sum(len(datamodule.split(n, d)) for n in ("train", "val", "test")) for d in ("source", "target")}
+        log.info("model.bottleneck_dim on a frozen trunk: its features of %d source and %d target images, computed "
+                 "once (or read from data.cache_dir when another run computed them)", sizes["source"], sizes["target"])
+        device = self.trainer.strategy.root_device  # the module itself moves there only after setup
+        with eval_mode(self.backbone.trunk.to(device)):
             for domain in ("source", "target"):
-                self.cached_splits.swap(datamodule, ("train", "val", "test"), self.backbone.trunk, self.device,
-                                        self.use_channels_last, domain=domain)
+                self.cached_splits.swap(datamodule, ("train", "val", "test"), self.backbone.trunk, device,
+                                        self.use_channels_last, domain=domain, store=feature_store(datamodule))
         self.train(self.training)  # eval_mode put the trunk back in the mode it found; re-apply the frozen parts'
-        log.info("model.trainable_stages=1 under a bottleneck: the trunk is frozen, its features of %d source and %d "
-                 "target images are computed once", sum(len(datamodule.split(n, "source")) for n in ("train", "val", "test")),
-                 sum(len(datamodule.split(n, "target")) for n in ("train", "val", "test")))
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch

@@ -27,7 +27,7 @@ import torch
 
 from datamodules.errors import ConfigError
 
-from .components.feature_cache import CachedSplits
+from .components.feature_cache import CachedSplits, feature_store
 from .components.param_groups import head_and_backbone_groups, starts_pretrained
 from .components.stages import backbone_stages, frozen_norm_layers, stage_starts, train_last_stages
 from .supervised import Supervised
@@ -98,7 +98,8 @@ class Finetune(Supervised):
         if getattr(datamodule, "train_augment", None) is not None:
             log.info("model.cache_features: off, the training images are augmented (each epoch differs)")
             return
-        self.cached_splits.swap(datamodule, ("train", "val"), self.backbone, self.device, self.use_channels_last)
+        self.cached_splits.swap(datamodule, ("train", "val"), self.backbone, self.device, self.use_channels_last,
+                                store=feature_store(datamodule))
         log.info("model.strategy=linear: the head trains on features computed once (%d train, %d val images)",
                  len(datamodule.split("train")), len(datamodule.split("val")))
 

@@ -302,7 +302,7 @@ def test_bottleneck_is_the_last_stage_trains_at_lr_and_takes_cached_trunk_featur
         DANN({"name": "small_cnn"}, 10, 3, opt, bottleneck_dim=0)
 
 
-def _fit_on_frozen_trunk(method: str, cache: bool):
+def _fit_on_frozen_trunk(method: str, cache: bool, cache_dir):
     import pytorch_lightning as pl
     from functools import partial
 
@@ -312,8 +312,11 @@ def _fit_on_frozen_trunk(method: str, cache: bool):
 
     pl.seed_everything(0)
     dm = PairDataModule({"name": "digits", "train_size": 64}, {"name": "digits_m", "train_size": 64}, channels=3,
-                        image_size=16, batch_size=16, steps_per_epoch=4, num_workers=0)
-    cls, extra = {"dann": (DANN, {}), "adda": (ADDA, {"scheduler": None})}[method]
+                        image_size=16, batch_size=16, steps_per_epoch=4, num_workers=0, cache_dir=str(cache_dir))
+    from lightning_modules.components.schedules import ProgressLR
+
+    # DANN with the family's progress schedule, which asks for the step count (and so builds the loaders) early
+    cls, extra = {"dann": (DANN, {"scheduler": partial(ProgressLR)}), "adda": (ADDA, {"scheduler": None})}[method]
     module = cls({"name": "small_cnn"}, 10, 3, partial(torch.optim.Adam, lr=1e-2), bottleneck_dim=16,
                  trainable_stages=1, cache_features=cache, tsne=False, **extra)
     images_seen = []
@@ -328,9 +331,12 @@ def _fit_on_frozen_trunk(method: str, cache: bool):
 
 
 @pytest.mark.parametrize("method", ["dann", "adda"])
-def test_adaptation_on_cached_trunk_features_equals_the_per_step_path(method):
-    cached, cached_images, splits, dm = _fit_on_frozen_trunk(method, cache=True)
-    stepped, stepped_images, _, _ = _fit_on_frozen_trunk(method, cache=False)
+def test_adaptation_on_cached_trunk_features_equals_the_per_step_path(method, tmp_path):
+    cached, cached_images, splits, dm = _fit_on_frozen_trunk(method, cache=True, cache_dir=tmp_path)
+    stepped, stepped_images, _, _ = _fit_on_frozen_trunk(method, cache=False, cache_dir=tmp_path)
+    # a second run of the same frozen trunk on the same images reads the features data.cache_dir keeps
+    again, again_images, _, _ = _fit_on_frozen_trunk(method, cache=True, cache_dir=tmp_path)
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 6 and again_images == 0
     # each image of the six splits through the trunk once (the upper bound's test passes included), against
     # every training batch and every evaluation in the per-step path
     assert cached_images == sum(splits.values()) < stepped_images
@@ -339,7 +345,35 @@ def test_adaptation_on_cached_trunk_features_equals_the_per_step_path(method):
     moved = 0
     for name, p in cached.named_parameters():
         assert torch.allclose(p, trained[name], atol=1e-4), name
+        assert torch.equal(p, dict(again.named_parameters())[name]), name
         moved += p.requires_grad
     assert moved and cached.selected_epoch == stepped.selected_epoch
     assert [r["target_test_acc"] for r in cached.selection_history] == pytest.approx(
         [r["target_test_acc"] for r in stepped.selection_history])
+
+
+def test_a_stored_features_file_that_is_truncated_foreign_or_wrong_sized_is_recomputed_not_trusted(tmp_path):
+    from lightning_modules.components.feature_cache import FeatureDataset, compute_features, load_stored
+
+    class Planted:  # a pickle that would run code when loaded without weights_only
+        def __reduce__(self):
+            return (print, ("planted code ran",))
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).eval()
+    data = [(torch.randn(3, 2, 2), i % 3) for i in range(10)]
+    first = compute_features(net, data, 4, torch.device("cpu"), store=tmp_path)
+    (path,) = tmp_path.glob("*.pt")
+    assert torch.equal(load_stored(path, 10).features, first.features)
+    assert load_stored(path, 11) is None  # another split's size
+    torch.save(Planted(), path)
+    assert load_stored(path, 10) is None
+    path.write_bytes(b"PK\x03\x04 truncated")
+    assert load_stored(path, 10) is None
+    torch.save({"features": torch.zeros(10, 5), "labels": torch.zeros(10, dtype=torch.long)}, path)
+    assert torch.equal(compute_features(net, data, 4, torch.device("cpu"), store=tmp_path).features, torch.zeros(10, 5))
+    # the key follows the weights: changed weights, a new file, the right features
+    with torch.no_grad():
+        net[1].weight.add_(1.0)
+    changed = compute_features(net, data, 4, torch.device("cpu"), store=tmp_path)
+    assert len(list(tmp_path.glob("*.pt"))) == 2 and isinstance(changed, FeatureDataset)
+    assert torch.allclose(changed.features, net(torch.stack([x for x, _ in data])), atol=1e-6)

@@ -3,9 +3,18 @@ fixed feature extractor (linear probes on a frozen backbone, a VAE on pretrained
 these instead of sending every image through the extractor in every epoch."""
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = 1  # bump when what a stored features file holds changes
 
 
 class FeatureDataset(Dataset):
@@ -29,22 +38,88 @@ class FeatureDataset(Dataset):
         return list(zip(self.features[idx].unbind(0), self.labels[idx].tolist()))
 
 
-@torch.no_grad()
-def compute_features(backbone: nn.Module, dataset, batch_size: int, device: torch.device,
-                     channels_last: bool = False) -> FeatureDataset:
-    """The backbone's features of every item of `dataset`, in order. Reads the dataset directly (no
-    DataLoader), so the global random state the training loader shuffles with is left as it was."""
+def batches(dataset, batch_size: int):
+    """(images, labels) of `dataset` in order, read directly (no DataLoader), so the global random state
+    the training loader shuffles with is left as it was."""
     from datamodules.datasets import fetch_items
 
-    features, labels = [], []
     for start in range(0, len(dataset), batch_size):
         items = fetch_items(dataset, list(range(start, min(start + batch_size, len(dataset)))))
-        x = torch.stack([x for x, _ in items]).to(device)
+        yield torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.long)
+
+
+@torch.no_grad()
+def compute_features(backbone: nn.Module, dataset, batch_size: int, device: torch.device,
+                     channels_last: bool = False, store: Path | None = None) -> FeatureDataset:
+    """The backbone's features of every item of `dataset`, in order. With `store` (a folder), they are kept
+    there under a key made of the backbone's weights and the exact input tensors, so that every later run of
+    the same frozen network on the same images (other methods, other seeds) reads them instead."""
+    path = store / f"{features_key(backbone, dataset, batch_size, device, channels_last)}.pt" if store else None
+    cached = load_stored(path, len(dataset)) if path is not None and path.is_file() else None
+    if cached is not None:
+        return cached
+    features, labels = [], []
+    for x, y in batches(dataset, batch_size):
+        x = x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         features.append(backbone(x).float().cpu())
-        labels += [int(y) for _, y in items]
-    return FeatureDataset(torch.cat(features), torch.tensor(labels, dtype=torch.long))
+        labels.append(y)
+    out = FeatureDataset(torch.cat(features), torch.cat(labels))
+    if path is not None:
+        save_stored(path, out)
+    return out
+
+
+def features_key(backbone: nn.Module, dataset, batch_size: int, device: torch.device, channels_last: bool) -> str:
+    """Changes with any weight or buffer of the backbone, any input value or label, the device type and the
+    memory format (both may change the last bits of a feature)."""
+    digest = hashlib.sha256(f"v{STORE_FORMAT}|{device.type}|{channels_last}|{type(backbone).__name__}".encode())
+    for name, tensor in backbone.state_dict().items():
+        digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for x, y in batches(dataset, batch_size):
+        digest.update(x.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(y.numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def load_stored(path: Path, size: int) -> FeatureDataset | None:
+    """A stored features file (read without running code from it), or None when it is unreadable or
+    does not hold `size` rows: then the features are computed again."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        features, labels = stored["features"], stored["labels"]
+    except Exception as err:  # noqa: BLE001 - truncated, foreign or tampered: recompute, never trust it
+        log.warning("stored features %s unreadable (%s); computing them again", path, err)
+        return None
+    if not (isinstance(features, torch.Tensor) and isinstance(labels, torch.Tensor)
+            and features.ndim == 2 and len(features) == len(labels) == size):
+        log.warning("stored features %s do not hold %d rows; computing them again", path, size)
+        return None
+    return FeatureDataset(features, labels)
+
+
+def save_stored(path: Path, features: FeatureDataset) -> None:
+    """Written to a temporary name and renamed: a killed run or a second process never leaves half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"features": features.features, "labels": features.labels}, tmp)
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only or full cache dir costs the next run the computation, nothing else
+        log.warning("could not store features in %s: %s", path, err)
+
+
+def feature_store(datamodule) -> Path | None:
+    """Where the DataModule keeps what it computes once (`data.cache_dir`/features), when `data.cache` keeps
+    things on disk (auto, disk); None otherwise."""
+    options = getattr(datamodule, "cache_options", {})
+    if options.get("cache") not in ("auto", "disk"):
+        return None
+    from datamodules.decoded_cache import cache_root
+
+    return cache_root(options.get("cache_dir")) / "features"
 
 
 class CachedSplits:
@@ -55,12 +130,12 @@ class CachedSplits:
         self.originals: dict[tuple[str, str | None], Dataset] = {}
 
     def swap(self, datamodule, names: tuple[str, ...], encode, device: torch.device,
-             channels_last: bool = False, domain: str | None = None) -> None:
+             channels_last: bool = False, domain: str | None = None, store: Path | None = None) -> None:
         for name in names:
             dataset = datamodule.split(name, domain)
             if dataset is None or isinstance(dataset, FeatureDataset):
                 continue
-            features = compute_features(encode, dataset, datamodule.eval_batch_size, device, channels_last)
+            features = compute_features(encode, dataset, datamodule.eval_batch_size, device, channels_last, store)
             self.originals[name, domain] = datamodule.replace_split(name, features, domain)
 
     def restore(self, datamodule) -> None:
