@@ -114,7 +114,7 @@ class DomainAdaptation(BaseMethod):
         target_classes = num_classes + 1 if self.open_set else num_classes  # open set: label K = unknown
         self.backbone = create_backbone(in_chans=in_chans, **backbone)
         if bottleneck_dim is not None:
-            if isinstance(bottleneck_dim, bool) or int(bottleneck_dim) < 1:
+            if isinstance(bottleneck_dim, bool) or not isinstance(bottleneck_dim, int) or bottleneck_dim < 1:
                 raise ConfigError(f"model.bottleneck_dim={bottleneck_dim} must be a positive width (e.g. 256) or null")
             self.backbone = BottleneckEncoder(self.backbone, int(bottleneck_dim))
         self.trainable_stages = self._freeze_early_stages(trainable_stages)
@@ -285,7 +285,11 @@ class DomainAdaptation(BaseMethod):
             # drawn now, in the background, so that the map overlaps the test phase
             self.plot_features("after")
             self._after_plotted = True
-        self.cached_splits.restore(self.trainer.datamodule)  # the test phase reads the images
+
+    def teardown(self, stage: str) -> None:
+        # the test phase scores the same cached features (the frozen trunk gives the images nothing new)
+        if stage == "test" and self.trainer is not None and self.trainer.datamodule is not None:
+            self.cached_splits.restore(self.trainer.datamodule)
 
     # ----------------------------------------------------------------------------------------
     # test
@@ -308,8 +312,8 @@ class DomainAdaptation(BaseMethod):
 
     def cache_trunk_features(self) -> None:
         """With a frozen trunk under a bottleneck (`model.bottleneck_dim=D model.trainable_stages=1`), both domains'
-        train / val / test splits are served as the trunk's features, computed once, while fitting; the test
-        phase reads the images again. Exact: the frozen trunk is in eval mode, and no training image is augmented."""
+        train / val / test splits are served as the trunk's features, computed once, through fitting and testing
+        (put back after the test). Exact: the frozen trunk is in eval mode, and no training image is augmented."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if not (self.cache_features and isinstance(self.backbone, BottleneckEncoder) and self.backbone.trunk_frozen):
             return

@@ -326,6 +326,7 @@ def _fit_on_frozen_trunk(method: str, cache: bool, cache_dir):
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
+    module.test_metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
     splits = {(n, d): len(dm.split(n, d)) for n in ("train", "val", "test") for d in ("source", "target")}
     return module, sum(images_seen), splits, dm
 
@@ -340,7 +341,8 @@ def test_adaptation_on_cached_trunk_features_equals_the_per_step_path(method, tm
     # each image of the six splits through the trunk once (the upper bound's test passes included), against
     # every training batch and every evaluation in the per-step path
     assert cached_images == sum(splits.values()) < stepped_images
-    assert not any(type(dm.split(n, d)).__name__ == "FeatureDataset" for n, d in splits)  # put back for the test
+    assert not any(type(dm.split(n, d)).__name__ == "FeatureDataset" for n, d in splits)  # put back after the test
+    assert cached.test_metrics == pytest.approx(stepped.test_metrics) == again.test_metrics
     trained = dict(stepped.named_parameters())
     moved = 0
     for name, p in cached.named_parameters():
