@@ -235,6 +235,19 @@ class PairDataModule(BaseDataModule):
         return {"num_classes": self.source.num_classes, "in_chans": channels, "image_size": height,
                 "open_set": self.known_classes is not None}
 
+    def split(self, name: str, domain: str | None = None) -> Dataset:
+        """As for every DataModule, plus `labeled` of the target: the labeled target images of semi-supervised
+        DA (None without `target_labels_per_class`; the source has none)."""
+        if name == "labeled":
+            return self.target_labeled if self._splits(domain) is self.target else None
+        return super().split(name, domain)
+
+    def replace_split(self, name: str, dataset: Dataset, domain: str | None = None) -> Dataset:
+        if name == "labeled" and self._splits(domain) is self.target:
+            previous, self.target_labeled = self.target_labeled, dataset
+            return previous
+        return super().replace_split(name, dataset, domain)
+
     def _splits(self, domain: str | None):
         if domain not in ("source", "target"):
             raise ConfigError(f"a domain pair has domains 'source' and 'target', not {domain!r}")

@@ -326,18 +326,17 @@ class DomainAdaptation(BaseMethod):
             reason = "the data is not a source / target pair"
         elif datamodule.train_augment is not None:
             reason = "the training images are augmented (each epoch differs)"
-        elif datamodule.target_labeled is not None:
-            reason = "labeled target images are read beside the pair"
         if reason:
             log.info("model.cache_features: off, %s", reason)
             return
-        sizes = {d: sum(len(datamodule.split(n, d)) for n in ("train", "val", "test")) for d in ("source", "target")}
+        sizes = {d: sum(len(datamodule.split(n, d) or ()) for n in ("train", "val", "test", "labeled"))
+                 for d in ("source", "target")}
         log.info("model.bottleneck_dim on a frozen trunk: its features of %d source and %d target images, computed "
                  "once (or read from data.cache_dir when another run computed them)", sizes["source"], sizes["target"])
         device = self.trainer.strategy.root_device  # the module itself moves there only after setup
         with eval_mode(self.backbone.trunk.to(device)):
-            for domain in ("source", "target"):
-                self.cached_splits.swap(datamodule, ("train", "val", "test"), self.backbone.trunk, device,
+            for domain in ("source", "target"):  # `labeled`: the target's labeled images (semi-supervised DA)
+                self.cached_splits.swap(datamodule, ("train", "val", "test", "labeled"), self.backbone.trunk, device,
                                         self.use_channels_last, domain=domain, store=feature_store(datamodule))
         self.train(self.training)  # eval_mode put the trunk back in the mode it found; re-apply the frozen parts'
 

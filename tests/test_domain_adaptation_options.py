@@ -309,14 +309,17 @@ def _fit_on_frozen_trunk(method: str, cache: bool, cache_dir):
     from datamodules.pair import PairDataModule
     from lightning_modules.adda import ADDA
     from lightning_modules.dann import DANN
+    from lightning_modules.mme import MME
 
     pl.seed_everything(0)
     dm = PairDataModule({"name": "digits", "train_size": 64}, {"name": "digits_m", "train_size": 64}, channels=3,
-                        image_size=16, batch_size=16, steps_per_epoch=4, num_workers=0, cache_dir=str(cache_dir))
+                        image_size=16, batch_size=16, steps_per_epoch=4, num_workers=0, cache_dir=str(cache_dir),
+                        target_labels_per_class=1 if method == "mme" else None)
     from lightning_modules.components.schedules import ProgressLR
 
     # DANN with the family's progress schedule, which asks for the step count (and so builds the loaders) early
-    cls, extra = {"dann": (DANN, {"scheduler": partial(ProgressLR)}), "adda": (ADDA, {"scheduler": None})}[method]
+    cls, extra = {"dann": (DANN, {"scheduler": partial(ProgressLR)}), "adda": (ADDA, {"scheduler": None}),
+                  "mme": (MME, {})}[method]
     module = cls({"name": "small_cnn"}, 10, 3, partial(torch.optim.Adam, lr=1e-2), bottleneck_dim=16,
                  trainable_stages=1, cache_features=cache, tsne=False, **extra)
     images_seen = []
@@ -327,17 +330,17 @@ def _fit_on_frozen_trunk(method: str, cache: bool, cache_dir):
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
     module.test_metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
-    splits = {(n, d): len(dm.split(n, d)) for n in ("train", "val", "test") for d in ("source", "target")}
+    splits = {(n, d): len(dm.split(n, d) or ()) for n in ("train", "val", "test", "labeled") for d in ("source", "target")}
     return module, sum(images_seen), splits, dm
 
 
-@pytest.mark.parametrize("method", ["dann", "adda"])
+@pytest.mark.parametrize("method", ["dann", "adda", "mme"])  # mme: the labeled target images too
 def test_adaptation_on_cached_trunk_features_equals_the_per_step_path(method, tmp_path):
     cached, cached_images, splits, dm = _fit_on_frozen_trunk(method, cache=True, cache_dir=tmp_path)
     stepped, stepped_images, _, _ = _fit_on_frozen_trunk(method, cache=False, cache_dir=tmp_path)
     # a second run of the same frozen trunk on the same images reads the features data.cache_dir keeps
     again, again_images, _, _ = _fit_on_frozen_trunk(method, cache=True, cache_dir=tmp_path)
-    assert len(list((tmp_path / "features").glob("*.pt"))) == 6 and again_images == 0
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 6 + (method == "mme") and again_images == 0
     # each image of the six splits through the trunk once (the upper bound's test passes included), against
     # every training batch and every evaluation in the per-step path
     assert cached_images == sum(splits.values()) < stepped_images
