@@ -368,13 +368,16 @@ def test_a_stored_features_file_that_is_truncated_foreign_or_wrong_sized_is_reco
     data = [(torch.randn(3, 2, 2), i % 3) for i in range(10)]
     first = compute_features(net, data, 4, torch.device("cpu"), store=tmp_path)
     (path,) = tmp_path.glob("*.pt")
-    assert torch.equal(load_stored(path, 10).features, first.features)
+    assert torch.equal(load_stored(path, 10), first.features)
+    relabeled = [(x, 7) for x, _ in data]  # same photos, other labels (an open-set run): the stored features serve
+    assert torch.equal(compute_features(net, relabeled, 4, torch.device("cpu"), store=tmp_path).labels, torch.full((10,), 7))
+    assert len(list(tmp_path.glob("*.pt"))) == 1
     assert load_stored(path, 11) is None  # another split's size
     torch.save(Planted(), path)
     assert load_stored(path, 10) is None
     path.write_bytes(b"PK\x03\x04 truncated")
     assert load_stored(path, 10) is None
-    torch.save({"features": torch.zeros(10, 5), "labels": torch.zeros(10, dtype=torch.long)}, path)
+    torch.save({"features": torch.zeros(10, 5)}, path)
     assert torch.equal(compute_features(net, data, 4, torch.device("cpu"), store=tmp_path).features, torch.zeros(10, 5))
     # the key follows the weights: changed weights, a new file, the right features
     with torch.no_grad():

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = 1  # bump when what a stored features file holds changes
+STORE_FORMAT = 2  # bump when what a stored features file holds changes
 
 
 class FeatureDataset(Dataset):
@@ -53,11 +53,13 @@ def compute_features(backbone: nn.Module, dataset, batch_size: int, device: torc
                      channels_last: bool = False, store: Path | None = None) -> FeatureDataset:
     """The backbone's features of every item of `dataset`, in order. With `store` (a folder), they are kept
     there under a key made of the backbone's weights and the exact input tensors, so that every later run of
-    the same frozen network on the same images (other methods, other seeds) reads them instead."""
-    path = store / f"{features_key(backbone, dataset, batch_size, device, channels_last)}.pt" if store else None
-    cached = load_stored(path, len(dataset)) if path is not None and path.is_file() else None
-    if cached is not None:
-        return cached
+    the same frozen network on the same images (other methods, other seeds, other labels) reads them instead."""
+    if store is not None:
+        key, labels = features_key(backbone, dataset, batch_size, device, channels_last)
+        path = store / f"{key}.pt"
+        features = load_stored(path, len(dataset)) if path.is_file() else None
+        if features is not None:
+            return FeatureDataset(features, labels)
     features, labels = [], []
     for x, y in batches(dataset, batch_size):
         x = x.to(device)
@@ -66,46 +68,48 @@ def compute_features(backbone: nn.Module, dataset, batch_size: int, device: torc
         features.append(backbone(x).float().cpu())
         labels.append(y)
     out = FeatureDataset(torch.cat(features), torch.cat(labels))
-    if path is not None:
-        save_stored(path, out)
+    if store is not None:
+        save_stored(path, out.features)
     return out
 
 
-def features_key(backbone: nn.Module, dataset, batch_size: int, device: torch.device, channels_last: bool) -> str:
-    """Changes with any weight or buffer of the backbone, any input value or label, the device type and the
-    memory format (both may change the last bits of a feature)."""
+def features_key(backbone: nn.Module, dataset, batch_size: int, device: torch.device,
+                 channels_last: bool) -> tuple[str, torch.Tensor]:
+    """(key, the dataset's labels): the key changes with any weight or buffer of the backbone, any input value,
+    the device type and the memory format (both may change the last bits of a feature), not with the labels
+    (an open-set run relabels the same photos)."""
     digest = hashlib.sha256(f"v{STORE_FORMAT}|{device.type}|{channels_last}|{type(backbone).__name__}".encode())
     for name, tensor in backbone.state_dict().items():
         digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    labels = []
     for x, y in batches(dataset, batch_size):
+        digest.update(f"|{x.dtype}|{tuple(x.shape)}".encode())
         digest.update(x.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        digest.update(y.numpy().tobytes())
-    return digest.hexdigest()[:32]
+        labels.append(y)
+    return digest.hexdigest()[:32], torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
 
 
-def load_stored(path: Path, size: int) -> FeatureDataset | None:
+def load_stored(path: Path, size: int) -> torch.Tensor | None:
     """A stored features file (read without running code from it), or None when it is unreadable or
     does not hold `size` rows: then the features are computed again."""
     try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        features, labels = stored["features"], stored["labels"]
+        features = torch.load(path, map_location="cpu", weights_only=True)["features"]
     except Exception as err:  # noqa: BLE001 - truncated, foreign or tampered: recompute, never trust it
         log.warning("stored features %s unreadable (%s); computing them again", path, err)
         return None
-    if not (isinstance(features, torch.Tensor) and isinstance(labels, torch.Tensor)
-            and features.ndim == 2 and len(features) == len(labels) == size):
+    if not (isinstance(features, torch.Tensor) and features.ndim == 2 and len(features) == size):
         log.warning("stored features %s do not hold %d rows; computing them again", path, size)
         return None
-    return FeatureDataset(features, labels)
+    return features
 
 
-def save_stored(path: Path, features: FeatureDataset) -> None:
+def save_stored(path: Path, features: torch.Tensor) -> None:
     """Written to a temporary name and renamed: a killed run or a second process never leaves half a file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"features": features.features, "labels": features.labels}, tmp)
+        torch.save({"features": features}, tmp)
         os.replace(tmp, path)
     except OSError as err:  # a read-only or full cache dir costs the next run the computation, nothing else
         log.warning("could not store features in %s: %s", path, err)
