@@ -122,8 +122,9 @@ class DomainAdaptation(BaseMethod):
         self.cached_splits = CachedSplits()  # both domains' splits as frozen-trunk features while fitting
         self.train()  # modules start in train mode and Lightning keeps each one's mode: frozen parts to eval now
         self.classifier = nn.Linear(self.backbone.num_features, num_classes)
-        self.eval_acc = nn.ModuleDict({f"{stage}_{dom}": MulticlassAccuracy(
-            target_classes if dom == "target" else num_classes, average="micro") for stage in ("val", "test") for dom in DOMAINS})
+        # micro accuracy on both domains; K+1 outputs in an open-set run (a source photo called unknown is an error)
+        self.eval_acc = nn.ModuleDict({f"{stage}_{dom}": MulticlassAccuracy(target_classes, average="micro")
+                                       for stage in ("val", "test") for dom in DOMAINS})
         self.target_class_acc = MulticlassAccuracy(target_classes, average=None)
         self._best_score, self._best_state, self.selected_epoch = float("-inf"), None, None
         self._test_features: dict[str, list] = {}

@@ -49,3 +49,20 @@ def test_open_set_runs_report_known_unknown_and_h_score(method, tmp_path):
     for key in ("known_acc", "unknown_recall", "h_score", "target_acc"):
         assert 0.0 <= metrics[f"test/{key}"] <= 1.0
     assert "test/target_acc_class/unknown" in metrics
+
+
+def test_osbp_calling_a_source_photo_unknown_counts_as_an_error_not_a_crash():
+    from functools import partial
+
+    import torch
+
+    from lightning_modules.osbp import OSBP
+
+    model = OSBP({"name": "lenet"}, num_classes=3, in_chans=1, optimizer=partial(torch.optim.Adam, lr=1e-3),
+                 open_set=True).eval()
+    with torch.no_grad():  # every photo's top output: the (K+1)-th, unknown
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 5.0]))
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 0])
+    model.validation_step((x, y), 0, dataloader_idx=1)  # the source's validation loader
+    assert model.eval_acc["val_source"].compute().item() == 0.0
