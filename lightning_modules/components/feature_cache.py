@@ -93,8 +93,10 @@ def features_key(backbone: nn.Module, dataset, batch_size: int, device: torch.de
 def load_stored(path: Path, size: int) -> torch.Tensor | None:
     """A stored features file (read without running code from it), or None when it is unreadable or
     does not hold `size` rows: then the features are computed again."""
+    from .safe_load import safe_load
+
     try:
-        features = torch.load(path, map_location="cpu", weights_only=True)["features"]
+        features = safe_load(path, "data.cache_dir (stored features)")["features"]
     except Exception as err:  # noqa: BLE001 - truncated, foreign or tampered: recompute, never trust it
         log.warning("stored features %s unreadable (%s); computing them again", path, err)
         return None
